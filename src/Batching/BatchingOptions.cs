@@ -1,0 +1,119 @@
+namespace Batching;
+
+/// <summary>Settings of one batch processor. Validated when the processor is built.</summary>
+public sealed class BatchingOptions
+{
+    /// <summary>The default of <see cref="MaxBatchSize"/>: 100.</summary>
+    public const int DefaultMaxBatchSize = 100;
+
+    /// <summary>The default of <see cref="QueueCapacity"/>: 10,000.</summary>
+    public const int DefaultQueueCapacity = 10_000;
+
+    /// <summary>The default of <see cref="MaxDelay"/>: 1 ms.</summary>
+    public static readonly TimeSpan DefaultMaxDelay = TimeSpan.FromMilliseconds(1);
+
+    /// <summary>The default of <see cref="ExecutionTimeout"/>: 30 s.</summary>
+    public static readonly TimeSpan DefaultExecutionTimeout = TimeSpan.FromSeconds(30);
+
+    /// <summary>The default of <see cref="ShutdownTimeout"/>: 10 s.</summary>
+    public static readonly TimeSpan DefaultShutdownTimeout = TimeSpan.FromSeconds(10);
+
+    /// <summary>The largest value <see cref="MaxBatchSize"/>, <see cref="QueueCapacity"/> and <see cref="MaxConcurrentBatches"/> accept: 16,777,216.</summary>
+    public const int MaxCount = 1 << 24;
+
+    /// <summary>The largest value <see cref="PoisonIsolationDepth"/> accepts: 16.</summary>
+    public const int MaxPoisonIsolationDepth = 16;
+
+    /// <summary>A name for logs, metrics and error messages. Dependency injection sets it to the processor's key.</summary>
+    /// <value>Default: <see langword="null"/>.</value>
+    public string? Name { get; set; }
+
+    /// <summary>The most items one handler call receives.</summary>
+    /// <value>Default: 100. Allowed: 1 to <see cref="MaxCount"/>.</value>
+    public int MaxBatchSize { get; set; } = DefaultMaxBatchSize;
+
+    /// <summary>
+    /// The longest a queued item waits before its batch is dispatched, measured from the item's arrival and never
+    /// reset by later arrivals. Every flush policy works within this bound. Honoured to the resolution of the
+    /// <see cref="System.TimeProvider"/>'s timers (about 1 ms for the system clock on Linux).
+    /// </summary>
+    /// <value>Default: 1 ms. Allowed: <see cref="TimeSpan.Zero"/> (dispatch at once) to 1 hour.</value>
+    public TimeSpan MaxDelay { get; set; } = DefaultMaxDelay;
+
+    /// <summary>The most items waiting in the queue (items in a running batch do not count).</summary>
+    /// <value>Default: 10,000. Allowed: <see cref="MaxBatchSize"/> to <see cref="MaxCount"/>.</value>
+    public int QueueCapacity { get; set; } = DefaultQueueCapacity;
+
+    /// <summary>What a call does when the queue is full.</summary>
+    /// <value>Default: <see cref="Batching.QueueFullMode.Wait"/>.</value>
+    public QueueFullMode QueueFullMode { get; set; } = QueueFullMode.Wait;
+
+    /// <summary>The most batches whose handler calls run at the same time.</summary>
+    /// <value>Default: 1. Allowed: 1 to 1,024.</value>
+    public int MaxConcurrentBatches { get; set; } = 1;
+
+    /// <summary>
+    /// How long one batch may run. Past it, the handler's token is cancelled, the batch's callers receive
+    /// <see cref="TimeoutException"/>, and the batch's slot is freed so the processor keeps serving even if the
+    /// handler ignores its token (its buffers are not reused until it returns).
+    /// </summary>
+    /// <value>Default: 30 s. Allowed: more than zero, or <see cref="Timeout.InfiniteTimeSpan"/>.</value>
+    public TimeSpan ExecutionTimeout { get; set; } = DefaultExecutionTimeout;
+
+    /// <summary>How long <see cref="IAsyncDisposable.DisposeAsync"/> lets queued and running batches finish before it fails what is left.</summary>
+    /// <value>Default: 10 s. Allowed: <see cref="TimeSpan.Zero"/> or more, or <see cref="Timeout.InfiniteTimeSpan"/>.</value>
+    public TimeSpan ShutdownTimeout { get; set; } = DefaultShutdownTimeout;
+
+    /// <summary>
+    /// When a batch fails, how many times to split it in halves and rerun each half so that only the failing
+    /// ("poison") inputs fail. 0 turns isolation off: every caller of a failed batch fails. Depth d isolates single
+    /// items in batches of up to 2^d items, at the cost of at most 2^(d+1) - 2 extra handler calls per failed batch.
+    /// </summary>
+    /// <value>Default: 0. Allowed: 0 to <see cref="MaxPoisonIsolationDepth"/>.</value>
+    public int PoisonIsolationDepth { get; set; }
+
+    /// <summary>How outputs the handler left unwritten are detected.</summary>
+    /// <value>Default: <see cref="Batching.OutputCheck.RejectNull"/>.</value>
+    public OutputCheck OutputCheck { get; set; } = OutputCheck.RejectNull;
+
+    /// <summary>When queued items become a batch. Use <see cref="FlushPolicy.Deadline"/>,
+    /// <see cref="FlushPolicy.Size"/>, <see cref="FlushPolicy.Adaptive"/> or your own subclass.</summary>
+    /// <value>Default: <see cref="FlushPolicy.Deadline"/>.</value>
+    public FlushPolicy FlushPolicy { get; set; } = FlushPolicy.Deadline;
+
+    /// <summary>The clock for delays and timeouts. <see langword="null"/> uses the container's <see cref="System.TimeProvider"/>, else <see cref="TimeProvider.System"/>.</summary>
+    /// <value>Default: <see langword="null"/>.</value>
+    public TimeProvider? TimeProvider { get; set; }
+
+    /// <summary>Checks every setting and throws for the first one out of range.</summary>
+    /// <exception cref="ArgumentException">A setting is out of range; <see cref="ArgumentException.ParamName"/> names it.</exception>
+    public void Validate()
+    {
+        Require(MaxBatchSize is >= 1 and <= MaxCount, nameof(MaxBatchSize), $"must be between 1 and {MaxCount}", MaxBatchSize);
+        Require(MaxDelay >= TimeSpan.Zero && MaxDelay <= TimeSpan.FromHours(1), nameof(MaxDelay), "must be between 00:00:00 and 01:00:00", MaxDelay);
+        Require(QueueCapacity >= MaxBatchSize && QueueCapacity <= MaxCount, nameof(QueueCapacity), $"must be between MaxBatchSize ({MaxBatchSize}) and {MaxCount}", QueueCapacity);
+        Require(Enum.IsDefined(QueueFullMode), nameof(QueueFullMode), "must be Wait or Reject", QueueFullMode);
+        Require(MaxConcurrentBatches is >= 1 and <= 1024, nameof(MaxConcurrentBatches), "must be between 1 and 1024", MaxConcurrentBatches);
+        Require(ExecutionTimeout > TimeSpan.Zero || ExecutionTimeout == Timeout.InfiniteTimeSpan, nameof(ExecutionTimeout), "must be more than zero, or Timeout.InfiniteTimeSpan", ExecutionTimeout);
+        Require(ShutdownTimeout >= TimeSpan.Zero || ShutdownTimeout == Timeout.InfiniteTimeSpan, nameof(ShutdownTimeout), "must be zero or more, or Timeout.InfiniteTimeSpan", ShutdownTimeout);
+        Require(PoisonIsolationDepth is >= 0 and <= MaxPoisonIsolationDepth, nameof(PoisonIsolationDepth), $"must be between 0 and {MaxPoisonIsolationDepth}", PoisonIsolationDepth);
+        Require(Enum.IsDefined(OutputCheck), nameof(OutputCheck), "must be RejectNull, RejectDefault or None", OutputCheck);
+        if (FlushPolicy is null)
+        {
+            throw new ArgumentNullException(nameof(FlushPolicy), "BatchingOptions.FlushPolicy must not be null; use FlushPolicy.Deadline, Size or Adaptive.");
+        }
+
+        FlushPolicy.Validate(this);
+    }
+
+    /// <summary>Returns a copy, so a running processor never sees later changes to these options.</summary>
+    internal BatchingOptions Clone() => (BatchingOptions)MemberwiseClone();
+
+    internal static void Require(bool condition, string setting, string rule, object value)
+    {
+        if (!condition)
+        {
+            throw new ArgumentException($"BatchingOptions.{setting} {rule}; it was {value}.", setting);
+        }
+    }
+}

@@ -1,0 +1,261 @@
+using System.Collections.Concurrent;
+using System.Diagnostics;
+
+namespace Batching.Internal;
+
+/// <summary>
+/// The processor: a bounded FIFO of requests, one dispatcher loop that asks the flush policy when to form a
+/// batch, and batches that run the handler and hand each caller its own output.
+/// </summary>
+/// <remarks>
+/// <para>One lock (<see cref="_lock"/>) guards the queue, the waiting-for-space list, the counters and the
+/// dispatcher's wake-up conditions. It is held only for list and counter updates: never while the handler runs,
+/// never while a caller is completed (completions run caller continuations asynchronously anyway).</para>
+/// <para>The dispatcher sleeps on an <see cref="AsyncSignal"/>. Before sleeping it records, under the lock, what
+/// should wake it: a queue length (<see cref="_wakeWhenQueued"/>), a freed batch slot, or a timer for the
+/// MaxDelay bound or the policy's wait. Producers signal only when that condition is met, so a busy queue costs
+/// the dispatcher no wake-ups per item.</para>
+/// </remarks>
+internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut>
+{
+    private readonly object _lock = new();
+    private readonly AsyncSignal _signal = new();
+    private readonly ConcurrentQueue<Request<TIn, TOut>> _requestPool = new();
+    private readonly Stack<Batch<TIn, TOut>> _batchPool = new();
+    private readonly List<Batch<TIn, TOut>> _running = [];
+    private readonly FlushPolicy _policy;
+    private readonly ITimer _timer;
+    private readonly long _startTimestamp;
+    private readonly int _maxBatchSize;
+    private readonly TimeSpan _maxDelay;
+    private readonly int _queueCapacity;
+    private readonly int _maxConcurrentBatches;
+    private readonly bool _rejectWhenFull;
+    private readonly OutputCheck _outputCheck;
+    private readonly bool _coarseTimer;
+    private readonly Task _dispatcher;
+    private readonly Func<int, Exception> _timeoutFailure;
+
+    private RequestList<TIn, TOut> _queue;
+    private RequestList<TIn, TOut> _waitingForSpace;
+    private int _queuedItems;
+    private int _inFlight;
+    private long _totalArrivals;
+    private bool _dispatcherWaiting;
+    private int _wakeWhenQueued = 1;
+    private long _timerDueTimestamp = long.MaxValue;
+    private bool _disposed;
+    private bool _aborted;
+    private Task? _disposeTask;
+
+    public BatchEngine(BatchHandler<TIn, TOut> handler, BatchingOptions options, TimeProvider timeProvider)
+    {
+        Handler = handler;
+        Options = options;
+        Time = timeProvider;
+        DisplayName = string.IsNullOrEmpty(options.Name) ? $"BatchProcessor<{typeof(TIn).Name}, {typeof(TOut).Name}>" : options.Name;
+        _policy = options.FlushPolicy.CreateInstance();
+        _maxBatchSize = options.MaxBatchSize;
+        _maxDelay = options.MaxDelay;
+        _queueCapacity = options.QueueCapacity;
+        _maxConcurrentBatches = options.MaxConcurrentBatches;
+        _rejectWhenFull = options.QueueFullMode == QueueFullMode.Reject;
+        _outputCheck = options.OutputCheck;
+        ExecutionTimeout = options.ExecutionTimeout;
+        PoisonIsolationDepth = options.PoisonIsolationDepth;
+
+        // The system timer fires on whole milliseconds and truncates shorter waits to zero; rounding up
+        // avoids spinning through zero-length timers while the oldest item's MaxDelay runs out.
+        _coarseTimer = timeProvider == TimeProvider.System;
+        _timeoutFailure = TimeoutFailure;
+        _timer = timeProvider.CreateTimer(static s => ((AsyncSignal)s!).Set(), _signal, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+        _startTimestamp = timeProvider.GetTimestamp();
+        _dispatcher = Task.Run(RunDispatcherAsync);
+    }
+
+    public BatchHandler<TIn, TOut> Handler { get; }
+
+    public BatchingOptions Options { get; }
+
+    public TimeProvider Time { get; }
+
+    public string DisplayName { get; }
+
+    public TimeSpan ExecutionTimeout { get; }
+
+    public int PoisonIsolationDepth { get; }
+
+    public FlushPolicy Policy => _policy;
+
+    /// <summary>Items waiting in the queue (not those waiting for space, nor those in running batches).</summary>
+    public int QueuedItems => Volatile.Read(ref _queuedItems);
+
+    /// <summary>Batches whose handler call is running and holds a slot.</summary>
+    public int InFlightBatches => Volatile.Read(ref _inFlight);
+
+    public ValueTask<TOut> ProcessAsync(TIn input, CancellationToken cancellationToken = default)
+    {
+        if (cancellationToken.IsCancellationRequested)
+        {
+            return ValueTask.FromCanceled<TOut>(cancellationToken);
+        }
+
+        Request<TIn, TOut> request = RentRequest();
+        request.Prepare(input);
+        ValueTask<TOut> result = request.AsValueTask();
+        long now = Time.GetTimestamp();
+        bool wake = false;
+        Exception? refusal = null;
+        lock (_lock)
+        {
+            if (_disposed)
+            {
+                refusal = new ObjectDisposedException(DisplayName, "The batch processor has been disposed; it accepts no new items.");
+            }
+            else if (_queuedItems < _queueCapacity && _waitingForSpace.Count == 0)
+            {
+                EnqueueLocked(request, now);
+                wake = ShouldWakeLocked();
+            }
+            else if (_rejectWhenFull)
+            {
+                refusal = new BatchQueueFullException(Options.Name, _queueCapacity);
+            }
+            else
+            {
+                request.State = RequestState.WaitingForSpace;
+                _waitingForSpace.AddLast(request);
+            }
+        }
+
+        if (refusal is not null)
+        {
+            request.Release();
+            request.Release();
+            return ValueTask.FromException<TOut>(refusal);
+        }
+
+        if (wake)
+        {
+            _signal.Set();
+        }
+
+        request.RegisterCancellation(cancellationToken);
+        return result;
+    }
+
+    private Request<TIn, TOut> RentRequest() =>
+        _requestPool.TryDequeue(out Request<TIn, TOut>? request) ? request : new Request<TIn, TOut>(this);
+
+    internal void ReturnToPool(Request<TIn, TOut> request)
+    {
+        // Enough for every queued item plus full batches in every slot; beyond that let the GC have it.
+        if (_requestPool.Count < _queueCapacity + _maxBatchSize * (_maxConcurrentBatches + 1))
+        {
+            _requestPool.Enqueue(request);
+        }
+    }
+
+    private void EnqueueLocked(Request<TIn, TOut> request, long timestamp)
+    {
+        Debug.Assert(Monitor.IsEntered(_lock));
+        request.EnqueuedTimestamp = timestamp;
+        request.State = RequestState.Queued;
+        _queue.AddLast(request);
+        _queuedItems++;
+        _totalArrivals++;
+    }
+
+    /// <summary>Whether the queue now meets the condition the sleeping dispatcher asked to be woken for; if so, it is no longer asleep.</summary>
+    private bool ShouldWakeLocked()
+    {
+        if (_dispatcherWaiting && _queuedItems >= _wakeWhenQueued)
+        {
+            _dispatcherWaiting = false;
+            return true;
+        }
+
+        return false;
+    }
+
+    /// <summary>Moves callers waiting for space into the queue, oldest first, as far as capacity allows.</summary>
+    private bool AdmitWaitingLocked()
+    {
+        Debug.Assert(Monitor.IsEntered(_lock));
+        if (_waitingForSpace.Count == 0)
+        {
+            return false;
+        }
+
+        long now = Time.GetTimestamp();
+        while (_queuedItems < _queueCapacity && _waitingForSpace.RemoveFirst() is { } request)
+        {
+            EnqueueLocked(request, now);
+        }
+
+        return true;
+    }
+
+    internal void OnCanceled(Request<TIn, TOut> request, CancellationToken token)
+    {
+        bool removed = false, wake = false;
+        lock (_lock)
+        {
+            switch (request.State)
+            {
+                case RequestState.Queued:
+                    _queue.Remove(request);
+                    _queuedItems--;
+                    request.State = RequestState.Completed;
+                    removed = true;
+                    wake = AdmitWaitingLocked() && ShouldWakeLocked();
+                    break;
+                case RequestState.WaitingForSpace:
+                    _waitingForSpace.Remove(request);
+                    request.State = RequestState.Completed;
+                    removed = true;
+                    break;
+            }
+        }
+
+        if (wake)
+        {
+            _signal.Set();
+        }
+
+        if (removed)
+        {
+            request.SetException(new OperationCanceledException(token));
+            request.Release();
+            return;
+        }
+
+        // Its batch is running: release the caller now and let the batch drop the output. The batch still
+        // holds its reference, so Batch and BatchGeneration stay valid here.
+        if (request.TryClaimFromBatch())
+        {
+            Batch<TIn, TOut>? batch = request.Batch;
+            int generation = request.BatchGeneration;
+            request.SetException(new OperationCanceledException(token));
+            batch?.OnItemCanceled(generation);
+        }
+    }
+
+    internal bool IsMissing(TOut output) => _outputCheck switch
+    {
+        OutputCheck.RejectNull => output is null,
+        OutputCheck.RejectDefault => EqualityComparer<TOut>.Default.Equals(output, default!),
+        _ => false,
+    };
+
+    internal BatchExecutionException HandlerFailure(Exception error, int batchSize) =>
+        new($"The batch handler of '{DisplayName}' threw {error.GetType().Name} for a batch of {batchSize} item(s): {error.Message}", error, batchSize);
+
+    internal BatchExecutionException MissingOutput(int index, int batchSize) =>
+        new($"The batch handler of '{DisplayName}' returned without writing outputs[{index}] (it still held {(_outputCheck == OutputCheck.RejectNull ? "null" : "default")}); " +
+            $"a handler must write one output per input. Set BatchingOptions.OutputCheck to None if {(_outputCheck == OutputCheck.RejectNull ? "null" : "default")} is a valid result.",
+            null, batchSize);
+
+    internal Exception TimeoutFailure(int batchSize) =>
+        new($"The batch of {batchSize} item(s) in '{DisplayName}' did not complete within ExecutionTimeout ({ExecutionTimeout}); its handler was cancelled.");
+}
