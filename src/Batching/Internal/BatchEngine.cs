@@ -68,7 +68,7 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
         // avoids spinning through zero-length timers while the oldest item's MaxDelay runs out.
         _coarseTimer = timeProvider == TimeProvider.System;
         _timeoutFailure = TimeoutFailure;
-        _timer = timeProvider.CreateTimer(static s => ((AsyncSignal)s!).Set(), _signal, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+        _timer = timeProvider.CreateTimer(static s => ((BatchEngine<TIn, TOut>)s!).OnTimer(), this, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
         _startTimestamp = timeProvider.GetTimestamp();
         _dispatcher = Task.Run(RunDispatcherAsync);
     }
@@ -89,6 +89,30 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
 
     /// <summary>Items waiting in the queue (not those waiting for space, nor those in running batches).</summary>
     public int QueuedItems => Volatile.Read(ref _queuedItems);
+
+    /// <summary>Whether the dispatcher is asleep waiting for a condition (tests use it to observe "nothing happens").</summary>
+    internal bool IsDispatcherSleeping
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _dispatcherWaiting || _dispatcher.IsCompleted;
+            }
+        }
+    }
+
+    /// <summary>Callers waiting for queue space.</summary>
+    public int WaitingForSpace
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _waitingForSpace.Count;
+            }
+        }
+    }
 
     /// <summary>Batches whose handler call is running and holds a slot.</summary>
     public int InFlightBatches => Volatile.Read(ref _inFlight);
@@ -142,6 +166,17 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
 
         request.RegisterCancellation(cancellationToken);
         return result;
+    }
+
+    private void OnTimer()
+    {
+        lock (_lock)
+        {
+            _timerDueTimestamp = long.MaxValue;
+            _dispatcherWaiting = false;
+        }
+
+        _signal.Set();
     }
 
     private Request<TIn, TOut> RentRequest() =>
@@ -257,5 +292,5 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
             null, batchSize);
 
     internal Exception TimeoutFailure(int batchSize) =>
-        new($"The batch of {batchSize} item(s) in '{DisplayName}' did not complete within ExecutionTimeout ({ExecutionTimeout}); its handler was cancelled.");
+        new TimeoutException($"The batch of {batchSize} item(s) in '{DisplayName}' did not complete within ExecutionTimeout ({ExecutionTimeout}); its handler was cancelled.");
 }

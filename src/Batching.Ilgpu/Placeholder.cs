@@ -1,0 +1,1 @@
+namespace Batching.Ilgpu; internal static class Placeholder { }

@@ -1,0 +1,89 @@
+using Batching.Tests.TestSupport;
+using Batching.Internal;
+
+namespace Batching.Tests;
+
+public class BackpressureTests
+{
+    private static (IBatchProcessor<int, int>, RecordingHandler, TaskCompletionSource) CreateBlocked(QueueFullMode mode)
+    {
+        var handler = new RecordingHandler();
+        var gate = new TaskCompletionSource();
+        handler.Gate = gate.Task;
+        var processor = BatchProcessor.Create(handler.Handler, new BatchingOptions
+        {
+            MaxBatchSize = 2,
+            QueueCapacity = 2,
+            QueueFullMode = mode,
+            MaxDelay = TimeSpan.Zero,
+        });
+        return (processor, handler, gate);
+    }
+
+    [Fact]
+    public async Task Reject_mode_throws_at_once_when_full_and_loses_nothing_accepted()
+    {
+        var (processor, handler, gate) = CreateBlocked(QueueFullMode.Reject);
+        await using var _ = processor;
+        var running = new[] { processor.ProcessAsync(0).AsTask(), processor.ProcessAsync(1).AsTask() };
+        await handler.Started.WaitAsync(Wait.Bound);
+        await Wait.UntilAsync(() => ((BatchEngine<int, int>)processor).QueuedItems == 0, "the first batch leaves the queue");
+        var queued = new[] { processor.ProcessAsync(2).AsTask(), processor.ProcessAsync(3).AsTask() };
+
+        ValueTask<int> rejected = processor.ProcessAsync(4);
+        Assert.True(rejected.IsFaulted);
+        var error = await Assert.ThrowsAsync<BatchQueueFullException>(() => rejected.AsTask());
+        Assert.Equal(2, error.Capacity);
+        Assert.Contains("QueueCapacity", error.Message, StringComparison.Ordinal);
+
+        handler.Gate = null;
+        gate.SetResult();
+        Assert.Equal(new[] { 1, 3, 5, 7 }, await Task.WhenAll(running.Concat(queued)).WithinBoundAsync());
+        Assert.DoesNotContain(4, handler.AllInputs);
+    }
+
+    [Fact]
+    public async Task Wait_mode_waits_for_space_in_arrival_order()
+    {
+        var (processor, handler, gate) = CreateBlocked(QueueFullMode.Wait);
+        await using var _ = processor;
+        var engine = (BatchEngine<int, int>)processor;
+        var running = new[] { processor.ProcessAsync(0).AsTask(), processor.ProcessAsync(1).AsTask() };
+        await handler.Started.WaitAsync(Wait.Bound);
+        await Wait.UntilAsync(() => engine.QueuedItems == 0, "the first batch leaves the queue");
+        var rest = Enumerable.Range(2, 5).Select(i => processor.ProcessAsync(i).AsTask()).ToArray();
+
+        Assert.Equal(2, engine.QueuedItems);
+        Assert.Equal(3, engine.WaitingForSpace);
+        Assert.All(rest, t => Assert.False(t.IsCompleted));
+
+        handler.Gate = null;
+        gate.SetResult();
+        Assert.Equal(new[] { 1, 3, 5, 7, 9, 11, 13 }, await Task.WhenAll(running.Concat(rest)).WithinBoundAsync());
+        Assert.Equal(Enumerable.Range(0, 7), handler.AllInputs);
+    }
+
+    [Fact]
+    public async Task Waiting_for_space_is_cancellable_and_the_item_never_runs()
+    {
+        var (processor, handler, gate) = CreateBlocked(QueueFullMode.Wait);
+        await using var _ = processor;
+        var engine = (BatchEngine<int, int>)processor;
+        var running = new[] { processor.ProcessAsync(0).AsTask(), processor.ProcessAsync(1).AsTask() };
+        await handler.Started.WaitAsync(Wait.Bound);
+        await Wait.UntilAsync(() => engine.QueuedItems == 0, "the first batch leaves the queue");
+        var queued = new[] { processor.ProcessAsync(2).AsTask(), processor.ProcessAsync(3).AsTask() };
+        using var cts = new CancellationTokenSource();
+        var waiting = processor.ProcessAsync(99, cts.Token).AsTask();
+        var behind = processor.ProcessAsync(4).AsTask();
+
+        cts.Cancel();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => waiting.WaitAsync(Wait.Bound));
+        Assert.Equal(1, engine.WaitingForSpace);
+
+        handler.Gate = null;
+        gate.SetResult();
+        Assert.Equal(new[] { 1, 3, 5, 7, 9 }, await Task.WhenAll(running.Concat(queued).Append(behind)).WithinBoundAsync());
+        Assert.DoesNotContain(99, handler.AllInputs);
+    }
+}
