@@ -1,0 +1,48 @@
+using System.Diagnostics;
+
+namespace Batching.Benchmarks;
+
+internal static class Git
+{
+    /// <summary>The commit the results were measured on, so a results page can be traced to the engine it measured.</summary>
+    public static string Describe()
+    {
+        try
+        {
+            using var git = Process.Start(new ProcessStartInfo("git", "log -1 --format=\"%h %s\"")
+            {
+                RedirectStandardOutput = true,
+                RedirectStandardError = true,
+                WorkingDirectory = Paths.RepoRoot ?? Environment.CurrentDirectory,
+            })!;
+            string line = git.StandardOutput.ReadToEnd().Trim();
+            git.WaitForExit();
+            return git.ExitCode == 0 && line.Length > 0 ? line : "unknown";
+        }
+        catch (Exception ex) when (ex is System.ComponentModel.Win32Exception or InvalidOperationException)
+        {
+            return "unknown";
+        }
+    }
+}
+
+internal static class Paths
+{
+    /// <summary>The repository root (the folder holding Batching.sln), or null when run outside a checkout.</summary>
+    public static string? RepoRoot { get; } = Find(Environment.CurrentDirectory) ?? Find(AppContext.BaseDirectory);
+
+    public static string Results => RepoRoot is null ? Path.Combine(Environment.CurrentDirectory, "results") : Path.Combine(RepoRoot, "benchmarks", "results");
+
+    private static string? Find(string start)
+    {
+        for (DirectoryInfo? dir = new(start); dir is not null; dir = dir.Parent)
+        {
+            if (File.Exists(Path.Combine(dir.FullName, "Batching.sln")))
+            {
+                return dir.FullName;
+            }
+        }
+
+        return null;
+    }
+}

@@ -1,0 +1,66 @@
+using System.Globalization;
+using BenchmarkDotNet.Configs;
+using BenchmarkDotNet.Reports;
+using BenchmarkDotNet.Running;
+using Batching.Benchmarks.Curves;
+using Batching.Benchmarks.Overhead;
+
+namespace Batching.Benchmarks;
+
+/// <summary>
+/// Modes:
+///   (BenchmarkDotNet arguments)  the overhead suite, e.g. --filter '*'; writes benchmarks/results/overhead.md
+///   curves [--quick] [--out DIR] open-loop load curves for every flush policy; writes curves.md and PNG plots
+///   quick                        a few-second smoke run of both, into a temp folder (CI: compiles and executes, never gates on timing)
+/// </summary>
+public static class Program
+{
+    public static int Main(string[] args)
+    {
+        CultureInfo.DefaultThreadCurrentCulture = CultureInfo.CurrentCulture = CultureInfo.InvariantCulture;
+        string command = "dotnet run -c Release --project benchmarks/Batching.Benchmarks -- " + string.Join(' ', args);
+        if (args.Length > 0 && args[0] == "curves")
+        {
+            string output = OptionValue(args, "--out") ?? Paths.Results;
+            return CurveSweep.Run(args.Contains("--quick") ? CurveSweep.Quick : CurveSweep.Full, output, command);
+        }
+
+        if (args.Length > 0 && args[0] == "quick")
+        {
+            return Quick(command);
+        }
+
+        IConfig config = OverheadConfig.Full();
+        IEnumerable<Summary> summaries = BenchmarkSwitcher.FromAssembly(typeof(Program).Assembly).Run(args, config);
+        foreach (Summary summary in summaries)
+        {
+            if (summary.BenchmarksCases.Any(c => c.Descriptor.Type == typeof(OverheadBenchmarks)) && !summary.HasCriticalValidationErrors)
+            {
+                OverheadReport.Write(summary, Paths.Results, command, quick: false);
+            }
+        }
+
+        return 0;
+    }
+
+    private static int Quick(string command)
+    {
+        string output = Path.Combine(Path.GetTempPath(), "batching-bench-quick");
+        Directory.CreateDirectory(output);
+        Summary summary = BenchmarkRunner.Run<OverheadBenchmarks>(OverheadConfig.Quick());
+        if (summary.HasCriticalValidationErrors || summary.Reports.Any(r => !r.Success))
+        {
+            Console.Error.WriteLine("quick: a benchmark case failed to run.");
+            return 1;
+        }
+
+        OverheadReport.Write(summary, output, command, quick: true);
+        return CurveSweep.Run(CurveSweep.Quick, output, command);
+    }
+
+    private static string? OptionValue(string[] args, string name)
+    {
+        int i = Array.IndexOf(args, name);
+        return i >= 0 && i + 1 < args.Length ? args[i + 1] : null;
+    }
+}
