@@ -15,7 +15,9 @@ public class BackpressureTests
             MaxBatchSize = 2,
             QueueCapacity = 2,
             QueueFullMode = mode,
-            MaxDelay = TimeSpan.Zero,
+
+            // Long enough that the first two calls always form one full batch, short enough for a lone straggler.
+            MaxDelay = TimeSpan.FromMilliseconds(50),
         });
         return (processor, handler, gate);
     }

@@ -33,7 +33,7 @@ public class CancellationTests
         var handler = new RecordingHandler();
         var gate = new TaskCompletionSource();
         handler.Gate = gate.Task;
-        await using var processor = BatchProcessor.Create(handler.Handler, new BatchingOptions { MaxBatchSize = 2 });
+        await using var processor = BatchProcessor.Create(handler.Handler, new BatchingOptions { MaxBatchSize = 2, MaxDelay = TimeSpan.FromMilliseconds(500) });
         using var cts = new CancellationTokenSource();
         var cancelled = processor.ProcessAsync(1, cts.Token);
         var kept = processor.ProcessAsync(2);
@@ -53,7 +53,7 @@ public class CancellationTests
     {
         var handler = new RecordingHandler();
         handler.Gate = new TaskCompletionSource().Task; // never opens: only cancellation ends the call
-        await using var processor = BatchProcessor.Create(handler.Handler, new BatchingOptions { MaxBatchSize = 2 });
+        await using var processor = BatchProcessor.Create(handler.Handler, new BatchingOptions { MaxBatchSize = 2, MaxDelay = TimeSpan.FromMilliseconds(500) });
         using var first = new CancellationTokenSource();
         using var second = new CancellationTokenSource();
         var a = processor.ProcessAsync(1, first.Token);

@@ -10,14 +10,22 @@ internal static class Wait
     public static async Task UntilAsync(Func<bool> condition, string what)
     {
         var deadline = DateTime.UtcNow + Bound;
-        while (!condition())
+        for (int spins = 0; !condition(); spins++)
         {
             if (DateTime.UtcNow > deadline)
             {
                 throw new TimeoutException($"Timed out waiting until {what}.");
             }
 
-            await Task.Delay(1);
+            // Most waits end within microseconds; yield first, sleep only if it takes longer.
+            if (spins < 200)
+            {
+                await Task.Yield();
+            }
+            else
+            {
+                await Task.Delay(1);
+            }
         }
     }
 

@@ -1,1 +1,0 @@
-namespace Batching.Ilgpu; internal static class Placeholder { }
