@@ -46,3 +46,22 @@ internal static class Paths
         return null;
     }
 }
+
+internal static class Machine
+{
+    public static string LoadAverageAtStart { get; set; } = "unknown";
+
+    /// <summary>The 1-, 5- and 15-minute load averages: on a shared 2-core VM, other work moves every number.</summary>
+    public static string LoadAverage()
+    {
+        try
+        {
+            string[] parts = File.ReadAllText("/proc/loadavg").Split(' ');
+            return $"{parts[0]} / {parts[1]} / {parts[2]}";
+        }
+        catch (IOException)
+        {
+            return "unknown";
+        }
+    }
+}

@@ -18,6 +18,7 @@ public static class Program
     public static int Main(string[] args)
     {
         CultureInfo.DefaultThreadCurrentCulture = CultureInfo.CurrentCulture = CultureInfo.InvariantCulture;
+        Machine.LoadAverageAtStart = Machine.LoadAverage();
         string command = "dotnet run -c Release --project benchmarks/Batching.Benchmarks -- " + string.Join(' ', args);
         if (args.Length > 0 && args[0] == "curves")
         {

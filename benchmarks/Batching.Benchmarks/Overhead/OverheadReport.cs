@@ -71,6 +71,7 @@ internal static class OverheadReport
             .AppendLine(CultureInfo.InvariantCulture, $"- Date: {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC")
             .AppendLine(CultureInfo.InvariantCulture, $"- Command: `{command}`")
             .AppendLine(CultureInfo.InvariantCulture, $"- Commit: {Git.Describe()}")
+            .AppendLine(CultureInfo.InvariantCulture, $"- Load average (1/5/15 min) at start: {Machine.LoadAverageAtStart}; at end: {Machine.LoadAverage()} (other work on the VM moves the numbers)")
             .AppendLine()
             .AppendLine("C callers each await `ProcessAsync` in a loop; no-op handler `outputs[i] = inputs[i] * 2 + 1`; MaxBatchSize 100, MaxDelay 1 ms.")
             .AppendLine("Mean and Allocated are **per request**. Ratio = Mean / Channel's Mean at the same C (below 1 is faster; throughput multiple = 1 / Ratio).")
