@@ -145,13 +145,16 @@ internal sealed class DeviceRouter<TIn, TOut> : IGpuDiagnostics
 
         foreach (Entry entry in _gpus.Append(_fallback).OfType<Entry>())
         {
-            if (entry.Healthy)
+            bool release;
+            lock (_gate)
             {
-                SafeRelease(entry, faulted: false);
+                release = !entry.Released && !entry.Hung;
+                entry.Released |= release;
             }
-            else if (entry.InFlight == 0 && !entry.Hung)
+
+            if (release)
             {
-                SafeRelease(entry, faulted: true);
+                SafeRelease(entry, faulted: !entry.Healthy);
             }
         }
     }
@@ -222,9 +225,11 @@ internal sealed class DeviceRouter<TIn, TOut> : IGpuDiagnostics
     private void Finish(Entry entry, bool succeeded)
     {
         TaskCompletionSource? wake = null;
+        bool releaseNow;
         lock (_gate)
         {
             entry.InFlight--;
+            releaseNow = TakeReleaseLocked(entry);
             if (succeeded)
             {
                 entry.Completed++;
@@ -238,6 +243,26 @@ internal sealed class DeviceRouter<TIn, TOut> : IGpuDiagnostics
         }
 
         wake?.TrySetResult();
+        if (releaseNow)
+        {
+            ReleaseInBackground(entry);
+        }
+    }
+
+    /// <summary>Whether a quarantined device has nothing left running on it and should be released now.</summary>
+    private bool TakeReleaseLocked(Entry entry)
+    {
+        Debug.Assert(Monitor.IsEntered(_gate));
+        bool release = !entry.Healthy && !entry.Hung && !entry.Released && !_disposed && entry.FaultedInFlight == entry.InFlight;
+        entry.Released |= release;
+        return release;
+    }
+
+    private void ReleaseInBackground(Entry entry)
+    {
+        // Guarded, and off the caller's thread: disposing a faulted CUDA context can throw or block.
+        var thread = new Thread(() => SafeRelease(entry, faulted: true)) { IsBackground = true, Name = "Batching.Ilgpu release" };
+        thread.Start();
     }
 
     private void Fault(Entry entry, Exception error)
@@ -259,11 +284,7 @@ internal sealed class DeviceRouter<TIn, TOut> : IGpuDiagnostics
             // A hung launch keeps its slot and may still touch device memory: such a device is never released.
             entry.Hung |= error is TimeoutException;
             entry.FaultedInFlight++;
-            releaseNow = entry.FaultedInFlight == entry.InFlight && !entry.Hung && !_disposed && !entry.Released;
-            if (releaseNow)
-            {
-                entry.Released = true;
-            }
+            releaseNow = TakeReleaseLocked(entry);
 
             // Waiters re-check: with this device gone, some may now have to fall back.
             wake = [.. _waiters];
@@ -282,9 +303,7 @@ internal sealed class DeviceRouter<TIn, TOut> : IGpuDiagnostics
 
         if (releaseNow)
         {
-            // Guarded, and off the caller's thread: disposing a faulted CUDA context can throw or block.
-            var thread = new Thread(() => SafeRelease(entry, faulted: true)) { IsBackground = true, Name = "Batching.Ilgpu release" };
-            thread.Start();
+            ReleaseInBackground(entry);
         }
     }
 

@@ -1,0 +1,155 @@
+using Batching;
+using Batching.Ilgpu;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+
+namespace Microsoft.Extensions.DependencyInjection;
+
+/// <summary>
+/// Registers GPU batch processors as singletons of <see cref="IBatchProcessor{TIn, TOut}"/> and
+/// <see cref="IGpuBatchProcessor{TIn, TOut}"/> (the same instance). Their <see cref="BatchingOptions"/> are named
+/// options as for <c>AddProcessor</c> (see <see cref="BatchingBuilderExtensions.OptionsName{TIn, TOut}"/>), and their
+/// <see cref="GpuOptions"/> or <see cref="GpuRowOptions{T}"/> are named options of the same name.
+/// </summary>
+/// <remarks>The processor is built, and its kernel compiled and warmed, when it is first resolved: resolve it at
+/// start-up so that no caller pays for it. An <see cref="ILoggerFactory"/> in the container receives the device logs.</remarks>
+public static class GpuBatchingBuilderExtensions
+{
+    /// <summary>Registers a processor that runs the per-item kernel <typeparamref name="TKernel"/>.</summary>
+    /// <typeparam name="TIn">The input item.</typeparam>
+    /// <typeparam name="TOut">The output item.</typeparam>
+    /// <typeparam name="TKernel">The kernel struct.</typeparam>
+    /// <param name="builder">The builder.</param>
+    /// <param name="kernel">The kernel instance; its fields are passed to every launch.</param>
+    /// <param name="configureGpu">Sets device options; <see langword="null"/> for the defaults.</param>
+    /// <param name="configure">Sets batching options; <see langword="null"/> for the defaults.</param>
+    /// <returns>The builder, for chaining.</returns>
+    public static IBatchingBuilder AddGpuProcessor<TIn, TOut, TKernel>(this IBatchingBuilder builder, TKernel kernel = default,
+        Action<GpuOptions>? configureGpu = null, Action<BatchingOptions>? configure = null)
+        where TIn : unmanaged
+        where TOut : unmanaged
+        where TKernel : struct, IItemKernel<TIn, TOut> =>
+        Register<TIn, TOut, GpuOptions>(builder, null, configureGpu, configure,
+            (sp, gpu, options) => GpuBatchProcessor.CreateCore<TIn, TOut, TKernel>(kernel, gpu, options, sp.GetService<ILoggerFactory>(), sp.GetService<TimeProvider>()));
+
+    /// <summary>Registers a keyed processor that runs the per-item kernel <typeparamref name="TKernel"/>.</summary>
+    /// <typeparam name="TIn">The input item.</typeparam>
+    /// <typeparam name="TOut">The output item.</typeparam>
+    /// <typeparam name="TKernel">The kernel struct.</typeparam>
+    /// <param name="builder">The builder.</param>
+    /// <param name="name">The service key, also the processor's name in logs and the options' name.</param>
+    /// <param name="kernel">The kernel instance; its fields are passed to every launch.</param>
+    /// <param name="configureGpu">Sets device options; <see langword="null"/> for the defaults.</param>
+    /// <param name="configure">Sets batching options; <see langword="null"/> for the defaults.</param>
+    /// <returns>The builder, for chaining.</returns>
+    public static IBatchingBuilder AddKeyedGpuProcessor<TIn, TOut, TKernel>(this IBatchingBuilder builder, string name, TKernel kernel = default,
+        Action<GpuOptions>? configureGpu = null, Action<BatchingOptions>? configure = null)
+        where TIn : unmanaged
+        where TOut : unmanaged
+        where TKernel : struct, IItemKernel<TIn, TOut>
+    {
+        ArgumentException.ThrowIfNullOrEmpty(name);
+        return Register<TIn, TOut, GpuOptions>(builder, name, configureGpu, configure,
+            (sp, gpu, options) => GpuBatchProcessor.CreateCore<TIn, TOut, TKernel>(kernel, gpu, options, sp.GetService<ILoggerFactory>(), sp.GetService<TimeProvider>()));
+    }
+
+    /// <summary>Registers a processor that runs the row kernel <typeparamref name="TKernel"/>; callers pass
+    /// <see cref="ReadOnlyMemory{T}"/> rows and receive <typeparamref name="T"/>[] rows.</summary>
+    /// <typeparam name="T">The element type of rows and parameters.</typeparam>
+    /// <typeparam name="TKernel">The kernel struct.</typeparam>
+    /// <param name="builder">The builder.</param>
+    /// <param name="configureRows">Sets the row widths, the device-resident parameters and device options; required.</param>
+    /// <param name="kernel">The kernel instance; its fields are passed to every launch.</param>
+    /// <param name="configure">Sets batching options; <see langword="null"/> for the defaults.</param>
+    /// <returns>The builder, for chaining.</returns>
+    public static IBatchingBuilder AddGpuRowProcessor<T, TKernel>(this IBatchingBuilder builder, Action<GpuRowOptions<T>> configureRows,
+        TKernel kernel = default, Action<BatchingOptions>? configure = null)
+        where T : unmanaged
+        where TKernel : struct, IRowKernel<T>
+    {
+        ArgumentNullException.ThrowIfNull(configureRows);
+        return Register<ReadOnlyMemory<T>, T[], GpuRowOptions<T>>(builder, null, configureRows, configure,
+            (sp, rows, options) => GpuBatchProcessor.CreateRowsCore(rows, kernel, options, sp.GetService<ILoggerFactory>(), sp.GetService<TimeProvider>()));
+    }
+
+    /// <summary>Registers a keyed processor that runs the row kernel <typeparamref name="TKernel"/>.</summary>
+    /// <typeparam name="T">The element type of rows and parameters.</typeparam>
+    /// <typeparam name="TKernel">The kernel struct.</typeparam>
+    /// <param name="builder">The builder.</param>
+    /// <param name="name">The service key, also the processor's name in logs and the options' name.</param>
+    /// <param name="configureRows">Sets the row widths, the device-resident parameters and device options; required.</param>
+    /// <param name="kernel">The kernel instance; its fields are passed to every launch.</param>
+    /// <param name="configure">Sets batching options; <see langword="null"/> for the defaults.</param>
+    /// <returns>The builder, for chaining.</returns>
+    public static IBatchingBuilder AddKeyedGpuRowProcessor<T, TKernel>(this IBatchingBuilder builder, string name, Action<GpuRowOptions<T>> configureRows,
+        TKernel kernel = default, Action<BatchingOptions>? configure = null)
+        where T : unmanaged
+        where TKernel : struct, IRowKernel<T>
+    {
+        ArgumentException.ThrowIfNullOrEmpty(name);
+        ArgumentNullException.ThrowIfNull(configureRows);
+        return Register<ReadOnlyMemory<T>, T[], GpuRowOptions<T>>(builder, name, configureRows, configure,
+            (sp, rows, options) => GpuBatchProcessor.CreateRowsCore(rows, kernel, options, sp.GetService<ILoggerFactory>(), sp.GetService<TimeProvider>()));
+    }
+
+    private static IBatchingBuilder Register<TIn, TOut, TGpuOptions>(IBatchingBuilder builder, string? key, Action<TGpuOptions>? configureGpu,
+        Action<BatchingOptions>? configure, Func<IServiceProvider, TGpuOptions, BatchingOptions, IGpuBatchProcessor<TIn, TOut>> create)
+        where TGpuOptions : GpuOptions
+    {
+        ArgumentNullException.ThrowIfNull(builder);
+        string optionsName = BatchingBuilderExtensions.OptionsName<TIn, TOut>(key);
+        OptionsBuilder<BatchingOptions> batching = builder.Services.AddOptions<BatchingOptions>(optionsName);
+        if (configure is not null)
+        {
+            batching.Configure(configure);
+        }
+
+        OptionsBuilder<TGpuOptions> gpu = builder.Services.AddOptions<TGpuOptions>(optionsName);
+        if (configureGpu is not null)
+        {
+            gpu.Configure(configureGpu);
+        }
+
+        IGpuBatchProcessor<TIn, TOut> Build(IServiceProvider sp)
+        {
+            BatchingOptions options = sp.GetRequiredService<IOptionsMonitor<BatchingOptions>>().Get(optionsName);
+            TGpuOptions gpuOptions = sp.GetRequiredService<IOptionsMonitor<TGpuOptions>>().Get(optionsName);
+            if (string.IsNullOrEmpty(options.Name) && key is not null)
+            {
+                // Set on the built processor's copy only; the options instance is shared.
+                options = WithName(options, key);
+            }
+
+            return create(sp, gpuOptions, options);
+        }
+
+        if (key is null)
+        {
+            builder.Services.AddSingleton(Build);
+            builder.Services.AddSingleton<IBatchProcessor<TIn, TOut>>(sp => sp.GetRequiredService<IGpuBatchProcessor<TIn, TOut>>());
+        }
+        else
+        {
+            builder.Services.AddKeyedSingleton(key, (sp, _) => Build(sp));
+            builder.Services.AddKeyedSingleton<IBatchProcessor<TIn, TOut>>(key, (sp, k) => sp.GetRequiredKeyedService<IGpuBatchProcessor<TIn, TOut>>(k));
+        }
+
+        return builder;
+    }
+
+    private static BatchingOptions WithName(BatchingOptions o, string name) => new()
+    {
+        Name = name,
+        MaxBatchSize = o.MaxBatchSize,
+        MaxDelay = o.MaxDelay,
+        QueueCapacity = o.QueueCapacity,
+        QueueFullMode = o.QueueFullMode,
+        MaxConcurrentBatches = o.MaxConcurrentBatches,
+        ExecutionTimeout = o.ExecutionTimeout,
+        ShutdownTimeout = o.ShutdownTimeout,
+        PoisonIsolationDepth = o.PoisonIsolationDepth,
+        OutputCheck = o.OutputCheck,
+        FlushPolicy = o.FlushPolicy,
+        TimeProvider = o.TimeProvider,
+    };
+}
