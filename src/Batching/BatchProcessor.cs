@@ -1,4 +1,6 @@
+using System.Diagnostics.Metrics;
 using Batching.Internal;
+using Microsoft.Extensions.Logging;
 
 namespace Batching;
 
@@ -16,11 +18,12 @@ public static class BatchProcessor
     public static IBatchProcessor<TIn, TOut> Create<TIn, TOut>(BatchHandler<TIn, TOut> handler, BatchingOptions? options = null) =>
         Create(handler, options, null);
 
-    internal static BatchEngine<TIn, TOut> Create<TIn, TOut>(BatchHandler<TIn, TOut> handler, BatchingOptions? options, TimeProvider? fallbackTime)
+    internal static BatchEngine<TIn, TOut> Create<TIn, TOut>(BatchHandler<TIn, TOut> handler, BatchingOptions? options, TimeProvider? fallbackTime,
+        ILoggerFactory? loggerFactory = null, IMeterFactory? meterFactory = null)
     {
         ArgumentNullException.ThrowIfNull(handler);
         BatchingOptions settings = (options ?? new BatchingOptions()).Clone();
         settings.Validate();
-        return new BatchEngine<TIn, TOut>(handler, settings, settings.TimeProvider ?? fallbackTime ?? TimeProvider.System);
+        return new BatchEngine<TIn, TOut>(handler, settings, settings.TimeProvider ?? fallbackTime ?? TimeProvider.System, loggerFactory, meterFactory);
     }
 }

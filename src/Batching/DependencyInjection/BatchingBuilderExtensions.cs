@@ -1,4 +1,6 @@
+using System.Diagnostics.Metrics;
 using Batching;
+using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Options;
 
@@ -39,6 +41,7 @@ public static class BatchingBuilderExtensions
         string name = OptionsName<TIn, TOut>(null);
         Configure(builder, name, configure);
         builder.Services.AddSingleton(sp => Build(sp, name, handlerFactory));
+        builder.Services.AddSingleton<IBatchingHealthContributor>(sp => (sp.GetRequiredService<IBatchProcessor<TIn, TOut>>() as IBatchingHealthContributor)!);
         return builder;
     }
 
@@ -89,6 +92,7 @@ public static class BatchingBuilderExtensions
         string optionsName = OptionsName<TIn, TOut>(name);
         Configure(builder, optionsName, configure);
         builder.Services.AddKeyedSingleton(name, (sp, _) => Build(sp, optionsName, handlerFactory));
+        builder.Services.AddSingleton<IBatchingHealthContributor>(sp => (sp.GetRequiredKeyedService<IBatchProcessor<TIn, TOut>>(name) as IBatchingHealthContributor)!);
         return builder;
     }
 
@@ -138,6 +142,6 @@ public static class BatchingBuilderExtensions
 
         BatchHandler<TIn, TOut> handler = handlerFactory(services)
             ?? throw new InvalidOperationException($"The handler factory for batch processor '{options.Name}' returned null.");
-        return BatchProcessor.Create(handler, options, services.GetService<TimeProvider>());
+        return BatchProcessor.Create(handler, options, services.GetService<TimeProvider>(), services.GetService<ILoggerFactory>(), services.GetService<IMeterFactory>());
     }
 }

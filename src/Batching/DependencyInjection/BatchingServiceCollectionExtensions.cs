@@ -17,6 +17,7 @@ public static class BatchingServiceCollectionExtensions
         ArgumentNullException.ThrowIfNull(services);
         services.TryAddSingleton(TimeProvider.System);
         services.AddOptions();
+        services.TryAddSingleton<Batching.BatchingHealthCheck>();
         return new BatchingBuilder(services);
     }
 }

@@ -1,4 +1,6 @@
+using System.Diagnostics;
 using System.Runtime.CompilerServices;
+using Batching.Diagnostics;
 
 namespace Batching.Internal;
 
@@ -31,6 +33,8 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
     private bool _callersReleased;
     private bool _slotReleased;
     private bool _cancelRequested;
+    private string? _outcome;
+    private Activity? _activity;
 
     public Batch(BatchEngine<TIn, TOut> engine, int capacity)
     {
@@ -61,6 +65,7 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
             _running = true;
             _callersReleased = false;
             _slotReleased = false;
+            _outcome = null;
             _startTimestamp = _engine.Time.GetTimestamp();
             if (_cancelRequested)
             {
@@ -90,6 +95,7 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
         // Unwritten outputs then read as default, never as another caller's result from an earlier batch.
         Array.Clear(Outputs, 0, count);
         ArmTimer();
+        RecordStart(count);
 
         CancellationToken token = _cts.Token;
         if (token.IsCancellationRequested)
@@ -100,14 +106,28 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
         }
 
         ValueTask pending;
+        Activity? previous = Activity.Current;
         try
         {
+            // The handler's own spans (a GPU launch, a bulk query) nest under the batch's activity.
+            if (_activity is not null)
+            {
+                Activity.Current = _activity;
+            }
+
             pending = _engine.Handler(Inputs.AsMemory(0, count), Outputs.AsMemory(0, count), token);
         }
         catch (Exception ex)
         {
             OnHandlerDone(ex);
             return;
+        }
+        finally
+        {
+            if (_activity is not null)
+            {
+                Activity.Current = previous;
+            }
         }
 
         if (pending.IsCompletedSuccessfully)
@@ -125,6 +145,21 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
         {
             _awaiter.UnsafeOnCompleted(_onHandlerCompleted);
         }
+    }
+
+    private void RecordStart(int count)
+    {
+        ProcessorTelemetry telemetry = _engine.Telemetry;
+        telemetry.BatchStarted(count);
+        if (telemetry.QueueWaitEnabled)
+        {
+            for (int i = 0; i < count; i++)
+            {
+                telemetry.QueueWait(_engine.Time.GetElapsedTime(Items[i].EnqueuedTimestamp, _startTimestamp));
+            }
+        }
+
+        _activity = telemetry.StartBatchActivity(Items, count);
     }
 
     /// <summary>Cancellation of one of this batch's items while it runs; cancels the handler once nobody is left.</summary>
@@ -149,6 +184,14 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
     /// </summary>
     public CancellationTokenSource? GiveUpLocked(Func<int, Exception> failure, bool onlyIfTimedOut)
     {
+        int failed = 0;
+        CancellationTokenSource? cts = GiveUpLocked(failure, onlyIfTimedOut, ref failed);
+        _engine.Telemetry.RequestsFinished(Outcomes.Failed, failed);
+        return cts;
+    }
+
+    private CancellationTokenSource? GiveUpLocked(Func<int, Exception> failure, bool onlyIfTimedOut, ref int failed)
+    {
         lock (_sync)
         {
             if (!_running || _callersReleased)
@@ -170,11 +213,13 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
 
             _callersReleased = true;
             _slotReleased = true;
+            _outcome = onlyIfTimedOut ? Outcomes.Timeout : Outcomes.Failure;
             for (int i = 0; i < Count; i++)
             {
                 if (Items[i].TryClaimFromBatch())
                 {
                     Items[i].SetException(failure(Count));
+                    failed++;
                 }
             }
 
@@ -230,6 +275,11 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
     private void OnHandlerDone(Exception? error)
     {
         TimeSpan duration = _engine.Time.GetElapsedTime(_startTimestamp);
+        if (error is not null && !_cts.IsCancellationRequested)
+        {
+            Log.BatchFailed(_engine.Logger, _engine.DisplayName, Count, error);
+        }
+
         if (error is not null && _engine.PoisonIsolationDepth > 0 && Count > 1 && !_cts.IsCancellationRequested)
         {
             _ = IsolateThenFinishAsync(error, duration);
@@ -243,6 +293,7 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
     /// <summary>Hands outputs (or the failure) to the callers of items [start, end) that nobody completed yet.</summary>
     private void CompleteRange(int start, int end, Exception? error)
     {
+        int completed = 0, failed = 0;
         lock (_sync)
         {
             if (_callersReleased)
@@ -261,17 +312,23 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
                 if (error is not null)
                 {
                     item.SetException(_engine.HandlerFailure(error, end - start));
+                    failed++;
                 }
                 else if (_engine.IsMissing(Outputs[i]))
                 {
                     item.SetException(_engine.MissingOutput(i, end - start));
+                    failed++;
                 }
                 else
                 {
                     item.SetResult(Outputs[i]);
+                    completed++;
                 }
             }
         }
+
+        _engine.Telemetry.RequestsFinished(Outcomes.Completed, completed);
+        _engine.Telemetry.RequestsFinished(Outcomes.Failed, failed);
     }
 
     /// <summary>
@@ -329,10 +386,12 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
     {
         int count = Count;
         bool slotHeld;
+        string outcome;
         lock (_sync)
         {
             _running = false;
             slotHeld = !_slotReleased;
+            outcome = _outcome ?? (succeeded ? Outcomes.Success : _cts.IsCancellationRequested ? Outcomes.Cancelled : Outcomes.Failure);
             _timer?.Change(Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
             for (int i = 0; i < count; i++)
             {
@@ -351,6 +410,19 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
         if (RuntimeHelpers.IsReferenceOrContainsReferences<TOut>())
         {
             Array.Clear(Outputs, 0, count);
+        }
+
+        _engine.Telemetry.BatchFinished(duration, outcome);
+        if (_activity is { } activity)
+        {
+            _activity = null;
+            activity.SetTag(BatchingTelemetry.BatchOutcomeTag, outcome);
+            if (outcome != Outcomes.Success)
+            {
+                activity.SetStatus(ActivityStatusCode.Error, outcome);
+            }
+
+            activity.Stop();
         }
 
         _engine.OnBatchFinished(this, count, duration, succeeded, slotHeld);

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using Batching.Diagnostics;
 
 namespace Batching.Internal;
 
@@ -44,6 +45,7 @@ internal sealed partial class BatchEngine<TIn, TOut>
         catch (Exception ex)
         {
             // A bug here must not strand callers: fail everything that is queued or running.
+            Log.DispatcherFailed(Logger, DisplayName, ex);
             Abort($"The batch dispatcher of '{DisplayName}' failed unexpectedly: {ex.Message}");
         }
     }
@@ -87,9 +89,10 @@ internal sealed partial class BatchEngine<TIn, TOut>
             decision = _policy.Decide(new FlushContext(_queuedItems, oldestAge, _maxBatchSize, _maxDelay,
                 _inFlight, _maxConcurrentBatches, _totalArrivals, Time.GetElapsedTime(_startTimestamp, now)));
         }
-        catch (Exception)
+        catch (Exception ex)
         {
             // A faulty custom policy degrades to dispatching at once; it must never stall the queue.
+            Log.PolicyFailed(Logger, DisplayName, _policy.Name, ex);
             decision = FlushDecision.Dispatch(available);
         }
 
@@ -208,6 +211,11 @@ internal sealed partial class BatchEngine<TIn, TOut>
                 wake = _dispatcherWaiting;
                 _dispatcherWaiting = false;
             }
+        }
+
+        if (cts is not null)
+        {
+            Log.BatchTimedOut(Logger, DisplayName, batch.Count, ExecutionTimeout);
         }
 
         Batch<TIn, TOut>.Cancel(cts);

@@ -1,3 +1,5 @@
+using Batching.Diagnostics;
+
 namespace Batching.Internal;
 
 internal sealed partial class BatchEngine<TIn, TOut>
@@ -24,8 +26,10 @@ internal sealed partial class BatchEngine<TIn, TOut>
     private async Task DisposeCoreAsync()
     {
         List<Request<TIn, TOut>> notAdmitted = [];
+        long started = Time.GetTimestamp();
         lock (_lock)
         {
+            Log.Draining(Logger, DisplayName, _queuedItems, _inFlight, Options.ShutdownTimeout);
             while (_waitingForSpace.RemoveFirst() is { } request)
             {
                 request.State = RequestState.Completed;
@@ -35,6 +39,7 @@ internal sealed partial class BatchEngine<TIn, TOut>
             _dispatcherWaiting = false;
         }
 
+        Telemetry.RequestsFinished(Outcomes.Rejected, notAdmitted.Count);
         foreach (Request<TIn, TOut> request in notAdmitted)
         {
             request.SetException(new ObjectDisposedException(DisplayName, "The batch processor was disposed while this item waited for queue space; it was never queued."));
@@ -62,12 +67,17 @@ internal sealed partial class BatchEngine<TIn, TOut>
             drained = false;
         }
 
-        if (!drained)
+        if (drained)
+        {
+            Log.Drained(Logger, DisplayName, Time.GetElapsedTime(started));
+        }
+        else
         {
             Abort($"The batch processor was disposed and this item did not finish within ShutdownTimeout ({timeout}).");
         }
 
         _timer.Dispose();
+        Telemetry.Dispose();
         lock (_lock)
         {
             foreach (Batch<TIn, TOut> batch in _batchPool)
@@ -82,7 +92,14 @@ internal sealed partial class BatchEngine<TIn, TOut>
     {
         List<Request<TIn, TOut>> queued = [];
         List<CancellationTokenSource> toCancel = [];
-        Func<int, Exception> failure = _ => new ObjectDisposedException(DisplayName, reason);
+        int failedInBatches = 0;
+        Func<int, Exception> failure = _ =>
+        {
+            failedInBatches++;
+            return new ObjectDisposedException(DisplayName, reason);
+        };
+
+        // GiveUpLocked reports its own failures to metrics; only the queued ones are counted here.
         lock (_lock)
         {
             _aborted = true;
@@ -113,6 +130,8 @@ internal sealed partial class BatchEngine<TIn, TOut>
         }
 
         _signal.Set();
+        Telemetry.RequestsFinished(Outcomes.Failed, queued.Count);
+        Log.Aborted(Logger, DisplayName, queued.Count + failedInBatches, reason);
         foreach (Request<TIn, TOut> request in queued)
         {
             request.SetException(new ObjectDisposedException(DisplayName, reason));

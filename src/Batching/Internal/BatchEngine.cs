@@ -1,5 +1,10 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
+using System.Diagnostics.Metrics;
+using Batching.Diagnostics;
+using Microsoft.Extensions.Diagnostics.HealthChecks;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Batching.Internal;
 
@@ -16,7 +21,7 @@ namespace Batching.Internal;
 /// MaxDelay bound or the policy's wait. Producers signal only when that condition is met, so a busy queue costs
 /// the dispatcher no wake-ups per item.</para>
 /// </remarks>
-internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut>
+internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut>, IBatchingHealthContributor
 {
     private readonly object _lock = new();
     private readonly AsyncSignal _signal = new();
@@ -48,7 +53,7 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
     private bool _aborted;
     private Task? _disposeTask;
 
-    public BatchEngine(BatchHandler<TIn, TOut> handler, BatchingOptions options, TimeProvider timeProvider)
+    public BatchEngine(BatchHandler<TIn, TOut> handler, BatchingOptions options, TimeProvider timeProvider, ILoggerFactory? loggerFactory = null, IMeterFactory? meterFactory = null)
     {
         Handler = handler;
         Options = options;
@@ -70,7 +75,49 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
         _timeoutFailure = TimeoutFailure;
         _timer = timeProvider.CreateTimer(static s => ((BatchEngine<TIn, TOut>)s!).OnTimer(), this, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
         _startTimestamp = timeProvider.GetTimestamp();
+        Logger = (loggerFactory ?? NullLoggerFactory.Instance).CreateLogger("Batching.BatchProcessor");
+        Telemetry = new ProcessorTelemetry(DisplayName, _policy.Name, meterFactory, () => QueuedItems, () => InFlightBatches);
+        Log.Started(Logger, DisplayName, _policy.Name, _maxBatchSize, _maxDelay, _queueCapacity, options.QueueFullMode, _maxConcurrentBatches, ExecutionTimeout);
         _dispatcher = Task.Run(RunDispatcherAsync);
+    }
+
+    public ILogger Logger { get; }
+
+    public ProcessorTelemetry Telemetry { get; }
+
+    string IBatchingHealthContributor.Name => DisplayName;
+
+    /// <summary>Healthy while serving; Degraded when the queue is 90% full or callers wait for space; Unhealthy once disposed.</summary>
+    public HealthCheckResult CheckHealth()
+    {
+        int queued, waiting, inFlight;
+        bool disposed;
+        lock (_lock)
+        {
+            queued = _queuedItems;
+            waiting = _waitingForSpace.Count;
+            inFlight = _inFlight;
+            disposed = _disposed;
+        }
+
+        var data = new Dictionary<string, object>
+        {
+            ["queued"] = queued,
+            ["waiting_for_space"] = waiting,
+            ["in_flight_batches"] = inFlight,
+            ["queue_capacity"] = _queueCapacity,
+        };
+        if (disposed)
+        {
+            return HealthCheckResult.Unhealthy($"'{DisplayName}' is disposed and accepts no requests.", data: data);
+        }
+
+        if (waiting > 0 || queued >= _queueCapacity * 0.9)
+        {
+            return HealthCheckResult.Degraded($"'{DisplayName}' queue is near capacity ({queued}/{_queueCapacity} queued, {waiting} waiting for space).", data: data);
+        }
+
+        return HealthCheckResult.Healthy($"'{DisplayName}': {queued} queued, {inFlight} batch(es) running.", data);
     }
 
     public BatchHandler<TIn, TOut> Handler { get; }
@@ -126,6 +173,11 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
 
         Request<TIn, TOut> request = RentRequest();
         request.Prepare(input);
+        if (ProcessorTelemetry.Source.HasListeners() && Activity.Current is { } caller)
+        {
+            request.CallerActivity = caller.Context;
+        }
+
         ValueTask<TOut> result = request.AsValueTask();
         long now = Time.GetTimestamp();
         bool wake = false;
@@ -154,6 +206,7 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
 
         if (refusal is not null)
         {
+            Telemetry.RequestsFinished(Outcomes.Rejected, 1);
             request.Release();
             request.Release();
             return ValueTask.FromException<TOut>(refusal);
@@ -260,6 +313,7 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
 
         if (removed)
         {
+            Telemetry.RequestsFinished(Outcomes.Cancelled, 1);
             request.SetException(new OperationCanceledException(token));
             request.Release();
             return;
@@ -271,6 +325,7 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
         {
             Batch<TIn, TOut>? batch = request.Batch;
             int generation = request.BatchGeneration;
+            Telemetry.RequestsFinished(Outcomes.Cancelled, 1);
             request.SetException(new OperationCanceledException(token));
             batch?.OnItemCanceled(generation);
         }

@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Threading.Tasks.Sources;
 
 namespace Batching.Internal;
@@ -41,6 +42,9 @@ internal sealed class Request<TIn, TOut> : IValueTaskSource<TOut>
 
     public TIn Input = default!;
     public long EnqueuedTimestamp;
+
+    // The caller's activity, captured only while someone traces, so the batch's activity can link to it.
+    public ActivityContext CallerActivity;
 
     // Links of the intrusive list the request sits in (queue or waiting-for-space list); guarded by the engine lock.
     public Request<TIn, TOut>? Next;
@@ -88,6 +92,7 @@ internal sealed class Request<TIn, TOut> : IValueTaskSource<TOut>
         if (Interlocked.Decrement(ref _references) == 0)
         {
             Input = default!;
+            CallerActivity = default;
             Batch = null;
             Next = Previous = null;
             _state = (int)RequestState.Free;

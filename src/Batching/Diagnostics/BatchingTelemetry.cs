@@ -1,0 +1,23 @@
+namespace Batching;
+
+/// <summary>Names to subscribe to for the library's telemetry.</summary>
+public static class BatchingTelemetry
+{
+    /// <summary>The name of the <see cref="System.Diagnostics.Metrics.Meter"/> every processor reports to: "Batching".</summary>
+    public const string MeterName = "Batching";
+
+    /// <summary>The name of the <see cref="System.Diagnostics.ActivitySource"/> that traces batches: "Batching".</summary>
+    public const string ActivitySourceName = "Batching";
+
+    /// <summary>The tag that carries the processor's name on every measurement and activity.</summary>
+    public const string ProcessorTag = "batching.processor";
+
+    /// <summary>The tag that carries a request's outcome on <c>batching.requests</c>: completed, failed, cancelled or rejected.</summary>
+    public const string RequestOutcomeTag = "batching.request.outcome";
+
+    /// <summary>The tag that carries a batch's outcome on <c>batching.batch.duration</c> and batch activities: success, failure, timeout or cancelled.</summary>
+    public const string BatchOutcomeTag = "batching.batch.outcome";
+
+    /// <summary>The tag that carries the flush policy's name.</summary>
+    public const string PolicyTag = "batching.policy";
+}

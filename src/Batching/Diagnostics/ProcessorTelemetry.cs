@@ -1,0 +1,118 @@
+using System.Diagnostics;
+using System.Diagnostics.Metrics;
+
+namespace Batching.Diagnostics;
+
+/// <summary>
+/// One processor's instruments. Every measurement carries the processor's name, so processors that share
+/// the "Batching" meter stay apart. Each recording first checks <c>Enabled</c>, so without a listener the
+/// hot path pays a field read.
+/// </summary>
+internal sealed class ProcessorTelemetry : IDisposable
+{
+    internal static readonly ActivitySource Source = new(BatchingTelemetry.ActivitySourceName);
+
+    private readonly Meter _meter;
+    private readonly bool _ownsMeter;
+    private readonly KeyValuePair<string, object?> _processor;
+    private readonly KeyValuePair<string, object?> _policy;
+    private readonly Counter<long> _requests;
+    private readonly Histogram<int> _batchSize;
+    private readonly Histogram<double> _batchDuration;
+    private readonly Histogram<double> _queueWait;
+
+    public ProcessorTelemetry(string processorName, string policyName, IMeterFactory? meterFactory, Func<int> queueDepth, Func<int> inFlightBatches)
+    {
+        var options = new MeterOptions(BatchingTelemetry.MeterName) { Tags = [new(BatchingTelemetry.ProcessorTag, processorName)] };
+        _ownsMeter = meterFactory is null;
+        _meter = meterFactory?.Create(options) ?? new Meter(options);
+        _processor = new(BatchingTelemetry.ProcessorTag, processorName);
+        _policy = new(BatchingTelemetry.PolicyTag, policyName);
+        _requests = _meter.CreateCounter<long>("batching.requests", "{request}",
+            "Requests that finished, by outcome: completed, failed, cancelled or rejected.");
+        _batchSize = _meter.CreateHistogram<int>("batching.batch.size", "{item}", "Items per handler call.",
+            advice: new InstrumentAdvice<int> { HistogramBucketBoundaries = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024] });
+        _batchDuration = _meter.CreateHistogram<double>("batching.batch.duration", "s", "Time a handler call took, by outcome.");
+        _queueWait = _meter.CreateHistogram<double>("batching.queue.wait", "s", "Time an item waited in the queue before its batch was dispatched.");
+        var tags = new[] { _processor };
+        _meter.CreateObservableGauge("batching.queue.depth", () => new Measurement<int>(queueDepth(), tags), "{item}", "Items waiting in the queue.");
+        _meter.CreateObservableUpDownCounter("batching.batches.in_flight", () => new Measurement<int>(inFlightBatches(), tags), "{batch}", "Batches whose handler call is running.");
+    }
+
+    public string ProcessorName => (string)_processor.Value!;
+
+    public bool QueueWaitEnabled => _queueWait.Enabled;
+
+    public void RequestsFinished(string outcome, int count)
+    {
+        if (count > 0 && _requests.Enabled)
+        {
+            _requests.Add(count, _processor, new(BatchingTelemetry.RequestOutcomeTag, outcome));
+        }
+    }
+
+    public void QueueWait(TimeSpan wait) => _queueWait.Record(wait.TotalSeconds, _processor);
+
+    public void BatchStarted(int size)
+    {
+        if (_batchSize.Enabled)
+        {
+            _batchSize.Record(size, _processor, _policy);
+        }
+    }
+
+    public void BatchFinished(TimeSpan duration, string outcome)
+    {
+        if (_batchDuration.Enabled)
+        {
+            _batchDuration.Record(duration.TotalSeconds, _processor, new(BatchingTelemetry.BatchOutcomeTag, outcome));
+        }
+    }
+
+    /// <summary>Starts the batch's activity, linked to the activities its callers were in, or returns null when nobody listens.</summary>
+    public Activity? StartBatchActivity<TIn, TOut>(Internal.Request<TIn, TOut>[] items, int count)
+    {
+        if (!Source.HasListeners())
+        {
+            return null;
+        }
+
+        List<ActivityLink>? links = null;
+        for (int i = 0; i < count; i++)
+        {
+            if (items[i].CallerActivity != default)
+            {
+                (links ??= []).Add(new ActivityLink(items[i].CallerActivity));
+            }
+        }
+
+        Activity? activity = Source.StartActivity("batching.batch", ActivityKind.Internal, parentContext: default, links: links);
+        if (activity is not null)
+        {
+            activity.SetTag(BatchingTelemetry.ProcessorTag, _processor.Value);
+            activity.SetTag(BatchingTelemetry.PolicyTag, _policy.Value);
+            activity.SetTag("batching.batch.size", count);
+        }
+
+        return activity;
+    }
+
+    public void Dispose()
+    {
+        if (_ownsMeter)
+        {
+            _meter.Dispose();
+        }
+    }
+}
+
+internal static class Outcomes
+{
+    public const string Completed = "completed";
+    public const string Failed = "failed";
+    public const string Cancelled = "cancelled";
+    public const string Rejected = "rejected";
+    public const string Success = "success";
+    public const string Failure = "failure";
+    public const string Timeout = "timeout";
+}
