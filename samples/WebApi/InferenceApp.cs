@@ -1,0 +1,164 @@
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using Batching.Ilgpu;
+using Microsoft.AspNetCore.Diagnostics.HealthChecks;
+using Microsoft.Extensions.Diagnostics.HealthChecks;
+using OpenTelemetry.Metrics;
+using OpenTelemetry.Resources;
+
+namespace Batching.Samples.WebApi;
+
+/// <summary>Builds the inference service: a dense layer behind a batch processor, on a GPU when there is one.</summary>
+public static class InferenceApp
+{
+    /// <summary>The service key of the processor behind <c>/v1/infer-unbatched</c>.</summary>
+    public const string UnbatchedKey = "infer-unbatched";
+
+    /// <summary>The name of the batched processor in logs, metrics and health.</summary>
+    public const string BatchedName = "infer";
+
+    private static readonly double[] SecondsBuckets = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
+
+    /// <summary>Builds the app. <paramref name="configure"/> runs last, so tests can replace services.</summary>
+    /// <param name="args">Command line: <c>--port N</c>, <c>--urls</c>, and any configuration key such as <c>--Batching:MaxBatchSize 32</c>.</param>
+    /// <param name="configure">Changes to the builder before the app is built; <see langword="null"/> for none.</param>
+    /// <returns>The app, with its processors built and warmed, not yet started.</returns>
+    public static WebApplication Build(string[] args, Action<WebApplicationBuilder>? configure = null)
+    {
+        // Content root at the binary, so appsettings.json is found whatever the working directory.
+        WebApplicationBuilder builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = args, ContentRootPath = AppContext.BaseDirectory });
+        builder.WebHost.UseUrls(LoopbackUrl(builder.Configuration));
+
+        var model = new ModelOptions();
+        builder.Configuration.GetSection("Model").Bind(model);
+        builder.Services.AddSingleton(model);
+        float[] parameters = model.CreateParameters();
+        GpuDevicePreference device = builder.Configuration.GetValue("Gpu:Device", GpuDevicePreference.Auto);
+
+        void Rows(GpuRowOptions<float> rows)
+        {
+            rows.InputWidth = model.InputWidth;
+            rows.OutputWidth = model.OutputWidth;
+            rows.Parameters = parameters;
+            rows.Device = device;
+        }
+
+        IConfigurationSection batching = builder.Configuration.GetSection("Batching");
+        builder.Services.AddBatching()
+            .AddGpuRowProcessor<float, DenseReluKernel>(Rows, configure: o =>
+            {
+                // A web service sheds load rather than queueing without bound: Reject maps to 503 + Retry-After.
+                o.Name = BatchedName;
+                o.MaxBatchSize = 64;
+                o.QueueCapacity = 1024;
+                o.QueueFullMode = QueueFullMode.Reject;
+                batching.Bind(o);
+            })
+            .AddKeyedGpuRowProcessor<float, DenseReluKernel>(UnbatchedKey, Rows, configure: o =>
+            {
+                // The same model and device, one item per launch: the baseline that batching is measured against.
+                batching.Bind(o);
+                o.Name = UnbatchedKey;
+                o.MaxBatchSize = 1;
+                o.MaxDelay = TimeSpan.Zero;
+                o.FlushPolicy = FlushPolicy.Deadline;
+            });
+        builder.Services.AddSingleton<IBatchingHealthContributor>(sp =>
+            new ProcessorHealth(BatchedName, sp.GetRequiredService<IBatchProcessor<ReadOnlyMemory<float>, float[]>>()));
+        builder.Services.AddSingleton<IBatchingHealthContributor>(sp =>
+            new ProcessorHealth(UnbatchedKey, sp.GetRequiredKeyedService<IBatchProcessor<ReadOnlyMemory<float>, float[]>>(UnbatchedKey)));
+
+        builder.Services.AddProblemDetails();
+        builder.Services.AddHealthChecks().AddCheck<BatchingHealthCheck>("batching");
+        builder.Services.AddOpenTelemetry()
+            .ConfigureResource(r => r.AddService("Batching.Samples.WebApi"))
+            .WithMetrics(metrics => metrics
+                .AddMeter(BatchingTelemetry.MeterName, "Microsoft.AspNetCore.Hosting", "Microsoft.AspNetCore.Server.Kestrel")
+                // The core's duration histograms record seconds; the SDK's default buckets are sized for milliseconds.
+                .AddView("batching.batch.duration", new ExplicitBucketHistogramConfiguration { Boundaries = SecondsBuckets })
+                .AddView("batching.queue.wait", new ExplicitBucketHistogramConfiguration { Boundaries = SecondsBuckets })
+                .AddPrometheusExporter(o => o.ScrapeResponseCacheDurationMilliseconds = 0));
+
+        configure?.Invoke(builder);
+        WebApplication app = builder.Build();
+
+        app.UseExceptionHandler();
+        app.UseStatusCodePages();
+        app.MapPost("/v1/infer", (HttpContext context, IBatchProcessor<ReadOnlyMemory<float>, float[]> processor, ModelOptions model, ILoggerFactory logs) =>
+            InferEndpoint.HandleAsync(context, processor, model, logs));
+        app.MapPost("/v1/infer-unbatched", (HttpContext context, [FromKeyedServices(UnbatchedKey)] IBatchProcessor<ReadOnlyMemory<float>, float[]> processor,
+            ModelOptions model, ILoggerFactory logs) => InferEndpoint.HandleAsync(context, processor, model, logs));
+        app.MapHealthChecks("/healthz", new HealthCheckOptions { ResponseWriter = WriteHealthAsync });
+        app.MapPrometheusScrapingEndpoint("/metrics");
+
+        // Build both processors now: kernel compilation and device start-up must not land on the first request.
+        ILogger log = app.Services.GetRequiredService<ILoggerFactory>().CreateLogger("Batching.Samples.WebApi");
+        object batched = app.Services.GetRequiredService<IBatchProcessor<ReadOnlyMemory<float>, float[]>>();
+        app.Services.GetRequiredKeyedService<IBatchProcessor<ReadOnlyMemory<float>, float[]>>(UnbatchedKey);
+        string devices = batched is IGpuDiagnostics gpu ? string.Join("; ", gpu.GetDevices()) : batched.GetType().Name;
+        log.LogInformation("Model {InputWidth} -> {OutputWidth} (dense + ReLU) ready on: {Devices}", model.InputWidth, model.OutputWidth, devices);
+        return app;
+    }
+
+    /// <summary>The one address to listen on: <c>--port N</c>, else <c>--urls</c> / ASPNETCORE_URLS, else port 5080; always 127.0.0.1.</summary>
+    internal static string LoopbackUrl(IConfiguration configuration)
+    {
+        if (configuration["port"] is { } port)
+        {
+            if (!int.TryParse(port, NumberStyles.None, CultureInfo.InvariantCulture, out int number) || number > 65535)
+            {
+                throw new ArgumentException($"--port must be a number from 0 to 65535; it was '{port}'.");
+            }
+
+            return $"http://127.0.0.1:{number}";
+        }
+
+        string? urls = configuration["urls"];
+        if (string.IsNullOrWhiteSpace(urls))
+        {
+            return "http://127.0.0.1:5080";
+        }
+
+        string[] list = urls.Split(';', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
+        if (list.Length != 1 || !Uri.TryCreate(list[0], UriKind.Absolute, out Uri? uri) || uri.Scheme != Uri.UriSchemeHttp
+            || uri.Host is not ("127.0.0.1" or "localhost"))
+        {
+            throw new ArgumentException(
+                $"This sample listens on one http://127.0.0.1:PORT address only; ASPNETCORE_URLS/--urls was '{urls}'. Use --port N, or http://127.0.0.1:N.");
+        }
+
+        return $"http://127.0.0.1:{uri.Port}";
+    }
+
+    private static Task WriteHealthAsync(HttpContext context, HealthReport report)
+    {
+        context.Response.ContentType = "application/json; charset=utf-8";
+        using var stream = new MemoryStream();
+        using (var json = new Utf8JsonWriter(stream))
+        {
+            json.WriteStartObject();
+            json.WriteString("status", report.Status.ToString());
+            json.WriteStartObject("checks");
+            foreach ((string name, HealthReportEntry entry) in report.Entries)
+            {
+                json.WriteStartObject(name);
+                json.WriteString("status", entry.Status.ToString());
+                json.WriteString("description", entry.Description);
+                json.WriteStartObject("data");
+                foreach ((string key, object value) in entry.Data)
+                {
+                    json.WriteString(key, value.ToString());
+                }
+
+                json.WriteEndObject();
+                json.WriteEndObject();
+            }
+
+            json.WriteEndObject();
+            json.WriteEndObject();
+        }
+
+        return context.Response.WriteAsync(Encoding.UTF8.GetString(stream.ToArray()));
+    }
+}
