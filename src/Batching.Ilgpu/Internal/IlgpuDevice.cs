@@ -132,9 +132,18 @@ internal sealed class IlgpuDevice<TIn, TOut, TDevIn, TDevOut> : IExecutionDevice
         }
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)
         {
-            // The device still owns the slot's buffers until its stream finishes.
-            _ = completion.ContinueWith(t => { if (t.IsCompletedSuccessfully) { ReturnSlot(slot); } }, CancellationToken.None,
-                TaskContinuationOptions.ExecuteSynchronously, TaskScheduler.Default);
+            // The device owns the slot's buffers until its stream finishes; the router reuses the slot as soon as this
+            // returns, so wait for the stream (microseconds normally) rather than hand back a busy slot.
+            try
+            {
+                await completion.WaitAsync(_launchTimeout).ConfigureAwait(false);
+            }
+            catch (TimeoutException)
+            {
+                throw new TimeoutException($"A cancelled batch of {count} item(s) on {Name} did not complete within GpuOptions.LaunchTimeout ({_launchTimeout}); the device is treated as hung.");
+            }
+
+            ReturnSlot(slot);
             throw;
         }
 
