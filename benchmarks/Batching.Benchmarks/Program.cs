@@ -11,6 +11,7 @@ namespace Batching.Benchmarks;
 /// Modes:
 ///   (BenchmarkDotNet arguments)  the overhead suite, e.g. --filter '*'; writes benchmarks/results/overhead.md
 ///   curves [--quick] [--out DIR] open-loop load curves for every flush policy; writes curves.md and PNG plots
+///   probe METHOD C [S] [--alloc-types]  one overhead scenario on a stopwatch for S seconds, with allocations per request
 ///   quick                        a few-second smoke run of both, into a temp folder (CI: compiles and executes, never gates on timing)
 /// </summary>
 public static class Program
@@ -24,6 +25,13 @@ public static class Program
         {
             string output = OptionValue(args, "--out") ?? Paths.Results;
             return CurveSweep.Run(args.Contains("--quick") ? CurveSweep.Quick : CurveSweep.Full, output, command);
+        }
+
+        if (args.Length >= 3 && args[0] == "probe")
+        {
+            // probe METHOD CALLERS [SECONDS] [--alloc-types]: one scenario on a stopwatch, for investigation.
+            double seconds = args.Length > 3 && double.TryParse(args[3], CultureInfo.InvariantCulture, out double s) ? s : 5;
+            return OverheadProbe.Run(args[1], int.Parse(args[2], CultureInfo.InvariantCulture), TimeSpan.FromSeconds(seconds), args.Contains("--alloc-types"));
         }
 
         if (args.Length > 0 && args[0] == "quick")

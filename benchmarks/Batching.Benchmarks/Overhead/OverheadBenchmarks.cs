@@ -13,7 +13,7 @@ public class OverheadBenchmarks
 
     /// <summary>Requests per invocation. Small enough that the timer-bound cases (a fixed MaxDelay wait per request
     /// at C = 1) stay within seconds per invocation; the callers run continuously, so there is no ramp-up to amortize.</summary>
-    public const int Requests = 2_000;
+    public const int Requests = 1_000;
 
     private ClosedLoopCallers? _callers;
 

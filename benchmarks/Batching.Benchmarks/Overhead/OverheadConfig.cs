@@ -16,8 +16,8 @@ internal static class OverheadConfig
     public static IConfig Full() => DefaultConfig.Instance
         .AddJob(Job.Default
             .WithLaunchCount(1)
-            .WithWarmupCount(3)
-            .WithIterationCount(8)
+            .WithWarmupCount(2)
+            .WithIterationCount(6)
             .WithIterationTime(TimeInterval.FromMilliseconds(250))
             .WithId("Bounded"))
         .AddDiagnoser(MemoryDiagnoser.Default, ThreadingDiagnoser.Default);
