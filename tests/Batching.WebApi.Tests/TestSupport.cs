@@ -1,0 +1,171 @@
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using Batching.Samples.WebApi;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.Logging;
+
+[assembly: CollectionBehavior(DisableTestParallelization = true)]
+
+namespace Batching.WebApi.Tests;
+
+/// <summary>The sample app, started in-process on a free 127.0.0.1 port, with a client bound to it.</summary>
+internal sealed class RunningServer : IAsyncDisposable
+{
+    /// <summary>Bounds every wait in these tests, so a bug fails a test instead of hanging the run.</summary>
+    public static readonly TimeSpan Patience = TimeSpan.FromSeconds(20);
+
+    private readonly WebApplication _app;
+
+    private RunningServer(WebApplication app, Uri address)
+    {
+        _app = app;
+        Address = address;
+        Client = new HttpClient(new SocketsHttpHandler { PooledConnectionLifetime = TimeSpan.FromMinutes(1) })
+        {
+            BaseAddress = address,
+            Timeout = TimeSpan.FromSeconds(30),
+        };
+    }
+
+    public Uri Address { get; }
+
+    public HttpClient Client { get; }
+
+    public IServiceProvider Services => _app.Services;
+
+    public static async Task<RunningServer> StartAsync(Action<WebApplicationBuilder>? configure = null)
+    {
+        WebApplication app = InferenceApp.Build(["--port", "0"], builder =>
+        {
+            builder.Logging.SetMinimumLevel(LogLevel.Warning);
+            configure?.Invoke(builder);
+        });
+        await app.StartAsync().WaitAsync(Patience);
+        string url = app.Urls.Single();
+        Assert.StartsWith("http://127.0.0.1:", url, StringComparison.Ordinal);
+        Assert.DoesNotContain(":0", url.AsSpan(url.LastIndexOf(':')).ToString(), StringComparison.Ordinal);
+        return new RunningServer(app, new Uri(url));
+    }
+
+    public static StringContent Json(string body) => new(body, Encoding.UTF8, "application/json");
+
+    public static StringContent Features(float[] features) =>
+        Json(JsonSerializer.Serialize(new { features }));
+
+    public Task<HttpResponseMessage> InferAsync(float[] features, string path = "/v1/infer", CancellationToken cancellationToken = default) =>
+        Client.PostAsync(path, Features(features), cancellationToken);
+
+    public async Task<string> MetricsAsync()
+    {
+        using HttpResponseMessage response = await Client.GetAsync("/metrics");
+        Assert.Equal(System.Net.HttpStatusCode.OK, response.StatusCode);
+        return await response.Content.ReadAsStringAsync();
+    }
+
+    /// <summary>Polls /metrics until the sample named <paramref name="metric"/> for <paramref name="processor"/>
+    /// (and <paramref name="label"/>, if given) reads <paramref name="expected"/>.</summary>
+    public async Task WaitForMetricAsync(string metric, string processor, double expected, string? label = null)
+    {
+        using var timeout = new CancellationTokenSource(Patience);
+        double? last = null;
+        while (!timeout.IsCancellationRequested)
+        {
+            last = Prometheus.Read(await MetricsAsync(), metric, processor, label);
+            if (last == expected)
+            {
+                return;
+            }
+
+            await Task.Delay(10);
+        }
+
+        Assert.Fail($"{metric} for '{processor}' {label} stayed at {last?.ToString(CultureInfo.InvariantCulture) ?? "(absent)"}; expected {expected}.");
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        Client.Dispose();
+        await _app.StopAsync().WaitAsync(Patience);
+        await _app.DisposeAsync();
+    }
+}
+
+internal static class Prometheus
+{
+    /// <summary>The value of the first sample of <paramref name="metric"/> whose labels carry the processor (and <paramref name="label"/>).</summary>
+    public static double? Read(string exposition, string metric, string processor, string? label = null)
+    {
+        foreach (string line in exposition.Split('\n'))
+        {
+            if (line.StartsWith(metric + "{", StringComparison.Ordinal)
+                && line.Contains($"batching_processor=\"{processor}\"", StringComparison.Ordinal)
+                && (label is null || line.Contains(label, StringComparison.Ordinal)))
+            {
+                return double.Parse(line[(line.LastIndexOf(' ') + 1)..], CultureInfo.InvariantCulture);
+            }
+        }
+
+        return null;
+    }
+}
+
+/// <summary>The model computed the plain way, in double precision, to check the service's answers against.</summary>
+internal static class Reference
+{
+    public static readonly ModelOptions Model = new();
+
+    private static readonly float[] Parameters = Model.CreateParameters();
+
+    public static float[] Dense(ReadOnlySpan<float> input)
+    {
+        int outputWidth = Model.OutputWidth;
+        var output = new float[outputWidth];
+        for (int j = 0; j < outputWidth; j++)
+        {
+            double sum = Parameters[(input.Length * outputWidth) + j];
+            for (int k = 0; k < input.Length; k++)
+            {
+                sum += (double)input[k] * Parameters[(k * outputWidth) + j];
+            }
+
+            output[j] = (float)Math.Max(sum, 0);
+        }
+
+        return output;
+    }
+
+    public static float[] RandomFeatures(Random random) =>
+        [.. Enumerable.Range(0, Model.InputWidth).Select(_ => (float)((random.NextDouble() * 2) - 1))];
+
+    public static void AssertClose(float[] expected, float[] actual)
+    {
+        Assert.Equal(expected.Length, actual.Length);
+        for (int i = 0; i < expected.Length; i++)
+        {
+            double tolerance = 1e-4 * Math.Max(1, Math.Abs(expected[i]));
+            Assert.True(Math.Abs(expected[i] - actual[i]) <= tolerance, $"outputs[{i}] was {actual[i]}; the reference is {expected[i]}.");
+        }
+    }
+
+    public static async Task<float[]> OutputsAsync(HttpResponseMessage response)
+    {
+        string body = await response.Content.ReadAsStringAsync();
+        Assert.True(response.StatusCode == System.Net.HttpStatusCode.OK, $"{(int)response.StatusCode}: {body}");
+        Assert.Equal("application/json", response.Content.Headers.ContentType?.MediaType);
+        using JsonDocument json = JsonDocument.Parse(body);
+        return [.. json.RootElement.GetProperty("outputs").EnumerateArray().Select(e => e.GetSingle())];
+    }
+}
+
+/// <summary>A problem-details body as the tests read it.</summary>
+internal sealed record Problem(int Status, string Title, string Detail)
+{
+    public static async Task<Problem> ReadAsync(HttpResponseMessage response)
+    {
+        Assert.Equal("application/problem+json", response.Content.Headers.ContentType?.MediaType);
+        using JsonDocument json = JsonDocument.Parse(await response.Content.ReadAsStringAsync());
+        JsonElement root = json.RootElement;
+        return new Problem(root.GetProperty("status").GetInt32(), root.GetProperty("title").GetString()!, root.GetProperty("detail").GetString()!);
+    }
+}
