@@ -7,7 +7,14 @@ namespace Batching.Internal;
 /// A signal that arrives while nobody waits is remembered, so a wake-up between "decide to wait" and
 /// "start waiting" is never lost.
 /// </summary>
-internal sealed class AsyncSignal : IValueTaskSource
+/// <remarks>
+/// The waiter is resumed from the thread pool's global (FIFO) queue, never inline and never from the signalling
+/// thread's local queue. Signallers are callers whose own continuations sit in that local queue, which the owning
+/// thread drains last-in first-out: resumed there, the dispatcher would run after the first returning caller and
+/// before the others, and form a batch of one each time. From the global queue it runs after the callers that are
+/// already runnable have re-queued their next items, so batches grow.
+/// </remarks>
+internal sealed class AsyncSignal : IValueTaskSource, IThreadPoolWorkItem
 {
     private const int Idle = 0, Signaled = 1, Waiting = 2;
 
@@ -16,8 +23,8 @@ internal sealed class AsyncSignal : IValueTaskSource
 
     public AsyncSignal()
     {
-        // The dispatcher must never run on a signaller's thread: that would be a caller's thread.
-        _core.RunContinuationsAsynchronously = true;
+        // Completion happens in Execute, already on a pool thread of our choosing, so continue inline there.
+        _core.RunContinuationsAsynchronously = false;
     }
 
     public ValueTask WaitAsync()
@@ -57,11 +64,13 @@ internal sealed class AsyncSignal : IValueTaskSource
             }
             else if (Interlocked.CompareExchange(ref _state, Idle, Waiting) == Waiting)
             {
-                _core.SetResult(true);
+                ThreadPool.UnsafeQueueUserWorkItem(this, preferLocal: false);
                 return;
             }
         }
     }
+
+    void IThreadPoolWorkItem.Execute() => _core.SetResult(true);
 
     void IValueTaskSource.GetResult(short token) => _core.GetResult(token);
 

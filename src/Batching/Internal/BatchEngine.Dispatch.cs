@@ -74,13 +74,32 @@ internal sealed partial class BatchEngine<TIn, TOut>
             return null;
         }
 
+        int take = DecideLocked(out int wakeWhenQueued, out TimeSpan wait);
+        if (take > 0)
+        {
+            return TakeBatchLocked(take);
+        }
+
+        SleepLocked(wakeWhenQueued, wait);
+        return null;
+    }
+
+    /// <summary>
+    /// Asks the policy, within the hard bounds, how many of the queued items to dispatch now (a slot is free and
+    /// the queue is not empty); 0 means wait up to <paramref name="wait"/> or until <paramref name="wakeWhenQueued"/> items.
+    /// </summary>
+    private int DecideLocked(out int wakeWhenQueued, out TimeSpan wait)
+    {
+        Debug.Assert(Monitor.IsEntered(_lock) && _queuedItems > 0 && _inFlight < _maxConcurrentBatches);
+        wakeWhenQueued = 0;
+        wait = TimeSpan.Zero;
         long now = Time.GetTimestamp();
         TimeSpan oldestAge = Time.GetElapsedTime(_queue.Head!.EnqueuedTimestamp, now);
         int available = Math.Min(_queuedItems, _maxBatchSize);
         if (_disposed || oldestAge >= _maxDelay)
         {
             // The hard bound (or a drain) overrides the policy.
-            return TakeBatchLocked(available);
+            return available;
         }
 
         FlushDecision decision;
@@ -93,30 +112,48 @@ internal sealed partial class BatchEngine<TIn, TOut>
         {
             // A faulty custom policy degrades to dispatching at once; it must never stall the queue.
             Log.PolicyFailed(Logger, DisplayName, _policy.Name, ex);
-            decision = FlushDecision.Dispatch(available);
+            return available;
         }
 
         if (decision.IsDispatch)
         {
-            return TakeBatchLocked(Math.Min(decision.DispatchCount, available));
+            return Math.Min(decision.DispatchCount, available);
         }
 
         TimeSpan untilBound = _maxDelay - oldestAge;
-        TimeSpan wait = decision.MaxWait == Timeout.InfiniteTimeSpan || decision.MaxWait > untilBound ? untilBound : decision.MaxWait;
+        wait = decision.MaxWait == Timeout.InfiniteTimeSpan || decision.MaxWait > untilBound ? untilBound : decision.MaxWait;
         if (wait <= TimeSpan.Zero)
         {
-            return TakeBatchLocked(available);
+            return available;
         }
 
-        SleepLocked(Math.Max(decision.WakeWhenQueued, _queuedItems + 1), wait);
-        return null;
+        wakeWhenQueued = Math.Max(decision.WakeWhenQueued, _queuedItems + 1);
+        return 0;
+    }
+
+    /// <summary>
+    /// The idle fast path: a lone item arrives, a slot is free and the dispatcher sleeps. If the policy would
+    /// dispatch it at once (Adaptive does, when nothing runs), the caller runs the batch itself instead of waking
+    /// the dispatcher: no thread hop, and a synchronous handler completes the call before it even returns.
+    /// This is what a caller would pay calling the handler directly, plus the bookkeeping.
+    /// </summary>
+    private Batch<TIn, TOut>? TryTakeInlineBatchLocked()
+    {
+        Debug.Assert(Monitor.IsEntered(_lock));
+        if (_queuedItems != 1 || !_dispatcherWaiting || _inFlight >= _maxConcurrentBatches || _disposed)
+        {
+            return null;
+        }
+
+        int take = DecideLocked(out _, out _);
+        return take > 0 ? TakeBatchLocked(take) : null;
     }
 
     private void SleepLocked(int wakeWhenQueued, TimeSpan? wait)
     {
         _dispatcherWaiting = true;
         _wakeWhenQueued = wakeWhenQueued;
-        if (wait is not { } delay)
+        if (wait is not { } delay || delay <= TimeSpan.Zero)
         {
             return;
         }
@@ -187,14 +224,34 @@ internal sealed partial class BatchEngine<TIn, TOut>
                 _batchPool.Push(batch);
             }
 
-            wake = _dispatcherWaiting;
-            _dispatcherWaiting = false;
+            wake = SlotFreedLocked();
         }
 
         if (wake)
         {
             _signal.Set();
         }
+    }
+
+    /// <summary>
+    /// A slot was freed: wake the sleeping dispatcher if there is work for it. With an empty queue it stays asleep
+    /// until the next arrival, which then finds the slot free and may take the idle fast path.
+    /// </summary>
+    private bool SlotFreedLocked()
+    {
+        if (!_dispatcherWaiting)
+        {
+            return false;
+        }
+
+        if (_queuedItems > 0 || _disposed)
+        {
+            _dispatcherWaiting = false;
+            return true;
+        }
+
+        _wakeWhenQueued = 1;
+        return false;
     }
 
     /// <summary>A batch's execution timer fired: release its callers and free its slot so the processor keeps serving.</summary>
@@ -208,8 +265,7 @@ internal sealed partial class BatchEngine<TIn, TOut>
             if (cts is not null && _running.Remove(batch))
             {
                 _inFlight--;
-                wake = _dispatcherWaiting;
-                _dispatcherWaiting = false;
+                wake = SlotFreedLocked();
             }
         }
 

@@ -182,6 +182,7 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
         long now = Time.GetTimestamp();
         bool wake = false;
         Exception? refusal = null;
+        Batch<TIn, TOut>? inline = null;
         lock (_lock)
         {
             if (_disposed)
@@ -191,7 +192,8 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
             else if (_queuedItems < _queueCapacity && _waitingForSpace.Count == 0)
             {
                 EnqueueLocked(request, now);
-                wake = ShouldWakeLocked();
+                inline = TryTakeInlineBatchLocked();
+                wake = inline is null && ShouldWakeLocked();
             }
             else if (_rejectWhenFull)
             {
@@ -215,6 +217,15 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
         if (wake)
         {
             _signal.Set();
+        }
+
+        if (inline is not null)
+        {
+            inline.Run();
+            if (result.IsCompleted)
+            {
+                return result;
+            }
         }
 
         request.RegisterCancellation(cancellationToken);
@@ -331,12 +342,27 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
         }
     }
 
-    internal bool IsMissing(TOut output) => _outputCheck switch
+    // Constants per instantiation once the JIT tiers up; they keep the check free of boxing for value types.
+    private static readonly bool s_outputIsReference = !typeof(TOut).IsValueType;
+    private static readonly bool s_outputIsNullable = Nullable.GetUnderlyingType(typeof(TOut)) is not null;
+
+    internal bool IsMissing(TOut output)
     {
-        OutputCheck.RejectNull => output is null,
-        OutputCheck.RejectDefault => EqualityComparer<TOut>.Default.Equals(output, default!),
-        _ => false,
-    };
+        switch (_outputCheck)
+        {
+            case OutputCheck.RejectNull:
+                if (s_outputIsReference)
+                {
+                    return output is null;
+                }
+
+                return s_outputIsNullable && EqualityComparer<TOut>.Default.Equals(output, default!);
+            case OutputCheck.RejectDefault:
+                return EqualityComparer<TOut>.Default.Equals(output, default!);
+            default:
+                return false;
+        }
+    }
 
     internal BatchExecutionException HandlerFailure(Exception error, int batchSize) =>
         new($"The batch handler of '{DisplayName}' threw {error.GetType().Name} for a batch of {batchSize} item(s): {error.Message}", error, batchSize);
