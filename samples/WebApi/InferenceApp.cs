@@ -45,6 +45,7 @@ public static class InferenceApp
         }
 
         IConfigurationSection batching = builder.Configuration.GetSection("Batching");
+        FlushPolicy policy = ParsePolicy(batching["Policy"]);
         builder.Services.AddBatching()
             .AddGpuRowProcessor<float, DenseReluKernel>(Rows, configure: o =>
             {
@@ -53,6 +54,7 @@ public static class InferenceApp
                 o.MaxBatchSize = 64;
                 o.QueueCapacity = 1024;
                 o.QueueFullMode = QueueFullMode.Reject;
+                o.FlushPolicy = policy;
                 batching.Bind(o);
             })
             .AddKeyedGpuRowProcessor<float, DenseReluKernel>(UnbatchedKey, Rows, configure: o =>
@@ -100,6 +102,15 @@ public static class InferenceApp
         log.LogInformation("Model {InputWidth} -> {OutputWidth} (dense + ReLU) ready on: {Devices}", model.InputWidth, model.OutputWidth, devices);
         return app;
     }
+
+    /// <summary>Batching:Policy: adaptive (the default: no wait at low load, batches grow under load), deadline or size.</summary>
+    internal static FlushPolicy ParsePolicy(string? name) => name?.ToLowerInvariant() switch
+    {
+        null or "" or "adaptive" => FlushPolicy.Adaptive(),
+        "deadline" => FlushPolicy.Deadline,
+        "size" => FlushPolicy.Size(),
+        _ => throw new ArgumentException($"Batching:Policy must be adaptive, deadline or size; it was '{name}'."),
+    };
 
     /// <summary>The one address to listen on: <c>--port N</c>, else <c>--urls</c> / ASPNETCORE_URLS, else port 5080; always 127.0.0.1.</summary>
     internal static string LoopbackUrl(IConfiguration configuration)
