@@ -19,7 +19,7 @@ internal sealed record SweepSettings(DeviceProfile[] Profiles, double[] LoadPerc
 internal sealed record CurvePoint(
     string Profile, string Policy, double LoadPercent, double OfferedPerSecond, double AchievedPerSecond,
     double P50Us, double P99Us, double P999Us, double IdealP99Us, double MeanBatch, double DeviceBusyPercent,
-    long Rejected, long Failed, long Measured, double IssueLagP99Us, bool Drained);
+    long Rejected, long Failed, long Unfinished, long Measured, double IssueLagP99Us);
 
 internal static partial class CurveSweep
 {
@@ -27,10 +27,17 @@ internal static partial class CurveSweep
     public const int QueueCapacity = 2_000;
     public const int Seed = 20_261_127;
 
+    /// <summary>How long the driver waits after the last arrival for the queue to drain. Past it, what is left is
+    /// recorded with its latency so far (a lower bound) and counted as unfinished: an overloaded run without batching
+    /// would otherwise take its whole queue's worth of service time per point.</summary>
+    private static readonly TimeSpan DrainLimit = TimeSpan.FromSeconds(2);
+
+    private const long HistogramMax = 3_600_000_000_000; // one hour in nanoseconds
+
     public static readonly SweepSettings Full = new(
         [new("A", 200, 2), new("B", 20, 2)],
         [5, 10, 25, 50, 75, 90, 100, 110, 120],
-        TimeSpan.FromMilliseconds(250), TimeSpan.FromMilliseconds(1_250), Quick: false);
+        TimeSpan.FromMilliseconds(250), TimeSpan.FromMilliseconds(1_000), Quick: false);
 
     public static readonly SweepSettings Quick = new(
         [new("A", 200, 2), new("B", 20, 2)],
@@ -93,12 +100,13 @@ internal static partial class CurveSweep
         QueueCapacity = QueueCapacity,
         QueueFullMode = QueueFullMode.Reject,
         MaxConcurrentBatches = 1,
+        ShutdownTimeout = TimeSpan.Zero,
         FlushPolicy = policy,
     };
 
     private static void Print(CurvePoint p) => Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
         $"{p.Profile} {p.Policy,-8} load {p.LoadPercent,6:0.0}%  offered {p.OfferedPerSecond,9:N0}/s  achieved {p.AchievedPerSecond,9:N0}/s  " +
-        $"p50 {p.P50Us,9:N0} us  p99 {p.P99Us,9:N0} us  p99.9 {p.P999Us,9:N0} us  batch {p.MeanBatch,5:0.0}  rejected {p.Rejected,7}  lag p99 {p.IssueLagP99Us:N0} us"));
+        $"p50 {p.P50Us,9:N0} us  p99 {p.P99Us,9:N0} us  p99.9 {p.P999Us,9:N0} us  batch {p.MeanBatch,5:0.0}  rejected {p.Rejected,7}  unfinished {p.Unfinished,6}  lag p99 {p.IssueLagP99Us:N0} us"));
 
     private static CurvePoint Measure(DeviceProfile profile, string policyName, BatchingOptions options, double load, double rate, SweepSettings settings, int seed)
     {
@@ -121,11 +129,15 @@ internal static partial class CurveSweep
         var completions = new long[count];
         IBatchProcessor<int, int> processor = BatchProcessor.Create(handler, options);
         var driver = new OpenLoopDriver(processor, device, schedule, count, completions);
-        driver.Run(TimeSpan.FromSeconds(20), from, until);
+        driver.Run(DrainLimit, from, until);
+        long cutoff = Stopwatch.GetTimestamp();
+
+        // Disposing fails whatever is left (ShutdownTimeout 0), which would overwrite the unfinished slots.
+        completions = (long[])completions.Clone();
         processor.DisposeAsync().AsTask().GetAwaiter().GetResult();
 
-        var latency = new LongHistogram(TimeSpan.FromMinutes(1).Ticks * 100, 3); // nanoseconds, up to a minute
-        long start = driver.StartTimestamp, completedInWindow = 0, rejected = 0, failed = 0, measured = 0;
+        var latency = new LongHistogram(HistogramMax, 3); // nanoseconds
+        long start = driver.StartTimestamp, completedInWindow = 0, rejected = 0, failed = 0, unfinished = 0, measured = 0;
         double nanosPerTick = 1e9 / Stopwatch.Frequency;
         for (int i = 0; i < count; i++)
         {
@@ -145,13 +157,19 @@ internal static partial class CurveSweep
             {
                 rejected++;
             }
-            else if (done <= 0)
+            else if (done == OpenLoopDriver.Failed)
             {
-                failed++; // failed, or never completed within the drain limit
+                failed++;
             }
             else
             {
-                latency.RecordValue(Math.Max(1, (long)((done - start - schedule[i]) * nanosPerTick)));
+                if (done == 0)
+                {
+                    unfinished++;
+                    done = cutoff;
+                }
+
+                latency.RecordValue(Math.Clamp((long)((done - start - schedule[i]) * nanosPerTick), 1, HistogramMax));
             }
         }
 
@@ -161,7 +179,7 @@ internal static partial class CurveSweep
             Us(latency, 50), Us(latency, 99), Us(latency, 99.9), idealP99,
             device.Batches == 0 ? 0 : (double)device.Items / device.Batches,
             device.BusyTicks / (measure * Stopwatch.Frequency) * 100,
-            rejected, failed, measured, driver.IssueLag.GetValueAtPercentile(99) / 1000.0, driver.Drained);
+            rejected, failed, unfinished, measured, driver.IssueLag.GetValueAtPercentile(99) / 1000.0);
     }
 
     private static double Us(LongHistogram histogram, double percentile) =>
@@ -195,7 +213,7 @@ internal static partial class CurveSweep
     /// </summary>
     private static double IdealGreedyP99(long[] schedule, int count, long from, DeviceProfile profile, int maxBatch)
     {
-        var histogram = new LongHistogram(TimeSpan.FromMinutes(1).Ticks * 100, 3);
+        var histogram = new LongHistogram(HistogramMax, 3);
         double tick = 1.0 / Stopwatch.Frequency, free = 0;
         int i = 0;
         while (i < count)
@@ -212,7 +230,7 @@ internal static partial class CurveSweep
             {
                 if (schedule[j] >= from)
                 {
-                    histogram.RecordValue(Math.Max(1, (long)((end - schedule[j] * tick) * 1e9)));
+                    histogram.RecordValue(Math.Clamp((long)((end - schedule[j] * tick) * 1e9), 1, HistogramMax));
                 }
             }
 

@@ -41,8 +41,6 @@ internal sealed class OpenLoopDriver
     /// <summary>How late the driver issued arrivals, in nanoseconds: a health check of the load generator itself.</summary>
     public HdrHistogram.LongHistogram IssueLag => _lag;
 
-    public bool Drained { get; private set; }
-
     /// <summary>Runs the whole schedule, then waits (driving the device) until every request has completed.</summary>
     public void Run(TimeSpan drainLimit, long countFromOffset, long countUntilOffset)
     {
@@ -74,7 +72,6 @@ internal sealed class OpenLoopDriver
 
             if (next == _count && Volatile.Read(ref _finished) == _count)
             {
-                Drained = true;
                 return;
             }
 

@@ -29,16 +29,18 @@ internal static class OverheadProbe
         sampler?.Reset();
         long requests0 = loop.Completed, bytes0 = GC.GetTotalAllocatedBytes(precise: true);
         long items0 = ThreadPool.CompletedWorkItemCount, locks0 = Monitor.LockContentionCount;
+        long batches0 = Volatile.Read(ref NoOpHandler.Batches), batchItems0 = Volatile.Read(ref NoOpHandler.Items);
         int gen0 = GC.CollectionCount(0);
         var watch = Stopwatch.StartNew();
         Thread.Sleep(duration);
         watch.Stop();
         long requests = loop.Completed - requests0;
+        long batches = Volatile.Read(ref NoOpHandler.Batches) - batches0, batchItems = Volatile.Read(ref NoOpHandler.Items) - batchItems0;
         double bytes = GC.GetTotalAllocatedBytes(precise: true) - bytes0;
         double items = ThreadPool.CompletedWorkItemCount - items0, locks = Monitor.LockContentionCount - locks0;
         loop.DisposeAsync().AsTask().GetAwaiter().GetResult();
         Console.WriteLine($"{method} C={callers}: {requests / watch.Elapsed.TotalSeconds:N0} requests/s, {watch.Elapsed.TotalMilliseconds * 1e6 / requests:N0} ns/request, " +
-            $"{bytes / requests:0.00} B/request, {items / requests:0.000} work items/request, {locks / requests:0.0000} lock contentions/request, {GC.CollectionCount(0) - gen0} gen0 GCs");
+            $"{bytes / requests:0.00} B/request, {items / requests:0.000} work items/request, {locks / requests:0.0000} lock contentions/request, {GC.CollectionCount(0) - gen0} gen0 GCs, mean batch {(batches == 0 ? 0 : (double)batchItems / batches):0.0}");
         sampler?.Print(bytes);
         return 0;
     }
