@@ -16,9 +16,26 @@ public static class BatchProcessor
     /// <exception cref="ArgumentNullException"><paramref name="handler"/> is null.</exception>
     /// <exception cref="ArgumentException">A setting is out of range; <see cref="ArgumentException.ParamName"/> names it.</exception>
     public static IBatchProcessor<TIn, TOut> Create<TIn, TOut>(BatchHandler<TIn, TOut> handler, BatchingOptions? options = null) =>
-        Create(handler, options, null);
+        CreateEngine(handler, options, null);
 
-    internal static BatchEngine<TIn, TOut> Create<TIn, TOut>(BatchHandler<TIn, TOut> handler, BatchingOptions? options, TimeProvider? fallbackTime,
+    /// <summary>
+    /// Creates a processor that logs through <paramref name="loggerFactory"/> and reports metrics through
+    /// <paramref name="meterFactory"/>; for backends and hosts that build processors themselves.
+    /// </summary>
+    /// <typeparam name="TIn">The type of one input item.</typeparam>
+    /// <typeparam name="TOut">The type of one output item.</typeparam>
+    /// <param name="handler">Fills <c>outputs[i]</c> for <c>inputs[i]</c>.</param>
+    /// <param name="options">Settings; <see langword="null"/> for the defaults. Copied.</param>
+    /// <param name="loggerFactory">Where logs go; <see langword="null"/> for none.</param>
+    /// <param name="meterFactory">Creates the "Batching" meter; <see langword="null"/> to create it directly.</param>
+    /// <returns>A running processor, which also implements <see cref="IBatchingHealthContributor"/>.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="handler"/> is null.</exception>
+    /// <exception cref="ArgumentException">A setting is out of range; <see cref="ArgumentException.ParamName"/> names it.</exception>
+    public static IBatchProcessor<TIn, TOut> Create<TIn, TOut>(BatchHandler<TIn, TOut> handler, BatchingOptions? options,
+        ILoggerFactory? loggerFactory, IMeterFactory? meterFactory = null) =>
+        CreateEngine(handler, options, null, loggerFactory, meterFactory);
+
+    internal static BatchEngine<TIn, TOut> CreateEngine<TIn, TOut>(BatchHandler<TIn, TOut> handler, BatchingOptions? options, TimeProvider? fallbackTime,
         ILoggerFactory? loggerFactory = null, IMeterFactory? meterFactory = null)
     {
         ArgumentNullException.ThrowIfNull(handler);

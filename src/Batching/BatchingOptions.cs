@@ -106,8 +106,10 @@ public sealed class BatchingOptions
         FlushPolicy.Validate(this);
     }
 
-    /// <summary>Returns a copy, so a running processor never sees later changes to these options.</summary>
-    internal BatchingOptions Clone() => (BatchingOptions)MemberwiseClone();
+    /// <summary>Returns a shallow copy (the <see cref="FlushPolicy"/> and <see cref="TimeProvider"/> instances are shared).
+    /// Processors copy their options when built, so later changes to the original never reach a running processor.</summary>
+    /// <returns>A new options object with the same settings.</returns>
+    public BatchingOptions Clone() => (BatchingOptions)MemberwiseClone();
 
     internal static void Require(bool condition, string setting, string rule, object value)
     {

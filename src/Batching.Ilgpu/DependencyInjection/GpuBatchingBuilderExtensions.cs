@@ -1,3 +1,4 @@
+using System.Diagnostics.Metrics;
 using Batching;
 using Batching.Ilgpu;
 using Microsoft.Extensions.Logging;
@@ -30,7 +31,7 @@ public static class GpuBatchingBuilderExtensions
         where TOut : unmanaged
         where TKernel : struct, IItemKernel<TIn, TOut> =>
         Register<TIn, TOut, GpuOptions>(builder, null, configureGpu, configure,
-            (sp, gpu, options) => GpuBatchProcessor.CreateCore<TIn, TOut, TKernel>(kernel, gpu, options, sp.GetService<ILoggerFactory>(), sp.GetService<TimeProvider>()));
+            (sp, gpu, options) => GpuBatchProcessor.CreateCore<TIn, TOut, TKernel>(kernel, gpu, options, sp.GetService<ILoggerFactory>(), sp.GetService<TimeProvider>(), sp.GetService<IMeterFactory>()));
 
     /// <summary>Registers a keyed processor that runs the per-item kernel <typeparamref name="TKernel"/>.</summary>
     /// <typeparam name="TIn">The input item.</typeparam>
@@ -50,7 +51,7 @@ public static class GpuBatchingBuilderExtensions
     {
         ArgumentException.ThrowIfNullOrEmpty(name);
         return Register<TIn, TOut, GpuOptions>(builder, name, configureGpu, configure,
-            (sp, gpu, options) => GpuBatchProcessor.CreateCore<TIn, TOut, TKernel>(kernel, gpu, options, sp.GetService<ILoggerFactory>(), sp.GetService<TimeProvider>()));
+            (sp, gpu, options) => GpuBatchProcessor.CreateCore<TIn, TOut, TKernel>(kernel, gpu, options, sp.GetService<ILoggerFactory>(), sp.GetService<TimeProvider>(), sp.GetService<IMeterFactory>()));
     }
 
     /// <summary>Registers a processor that runs the row kernel <typeparamref name="TKernel"/>; callers pass
@@ -69,7 +70,7 @@ public static class GpuBatchingBuilderExtensions
     {
         ArgumentNullException.ThrowIfNull(configureRows);
         return Register<ReadOnlyMemory<T>, T[], GpuRowOptions<T>>(builder, null, configureRows, configure,
-            (sp, rows, options) => GpuBatchProcessor.CreateRowsCore(rows, kernel, options, sp.GetService<ILoggerFactory>(), sp.GetService<TimeProvider>()));
+            (sp, rows, options) => GpuBatchProcessor.CreateRowsCore(rows, kernel, options, sp.GetService<ILoggerFactory>(), sp.GetService<TimeProvider>(), sp.GetService<IMeterFactory>()));
     }
 
     /// <summary>Registers a keyed processor that runs the row kernel <typeparamref name="TKernel"/>.</summary>
@@ -89,7 +90,7 @@ public static class GpuBatchingBuilderExtensions
         ArgumentException.ThrowIfNullOrEmpty(name);
         ArgumentNullException.ThrowIfNull(configureRows);
         return Register<ReadOnlyMemory<T>, T[], GpuRowOptions<T>>(builder, name, configureRows, configure,
-            (sp, rows, options) => GpuBatchProcessor.CreateRowsCore(rows, kernel, options, sp.GetService<ILoggerFactory>(), sp.GetService<TimeProvider>()));
+            (sp, rows, options) => GpuBatchProcessor.CreateRowsCore(rows, kernel, options, sp.GetService<ILoggerFactory>(), sp.GetService<TimeProvider>(), sp.GetService<IMeterFactory>()));
     }
 
     private static IBatchingBuilder Register<TIn, TOut, TGpuOptions>(IBatchingBuilder builder, string? key, Action<TGpuOptions>? configureGpu,
@@ -117,7 +118,8 @@ public static class GpuBatchingBuilderExtensions
             if (string.IsNullOrEmpty(options.Name) && key is not null)
             {
                 // Set on the built processor's copy only; the options instance is shared.
-                options = WithName(options, key);
+                options = options.Clone();
+                options.Name = key;
             }
 
             return create(sp, gpuOptions, options);
@@ -127,29 +129,15 @@ public static class GpuBatchingBuilderExtensions
         {
             builder.Services.AddSingleton(Build);
             builder.Services.AddSingleton<IBatchProcessor<TIn, TOut>>(sp => sp.GetRequiredService<IGpuBatchProcessor<TIn, TOut>>());
+            builder.Services.AddSingleton<IBatchingHealthContributor>(sp => (sp.GetRequiredService<IGpuBatchProcessor<TIn, TOut>>() as IBatchingHealthContributor)!);
         }
         else
         {
             builder.Services.AddKeyedSingleton(key, (sp, _) => Build(sp));
             builder.Services.AddKeyedSingleton<IBatchProcessor<TIn, TOut>>(key, (sp, k) => sp.GetRequiredKeyedService<IGpuBatchProcessor<TIn, TOut>>(k));
+            builder.Services.AddSingleton<IBatchingHealthContributor>(sp => (sp.GetRequiredKeyedService<IGpuBatchProcessor<TIn, TOut>>(key) as IBatchingHealthContributor)!);
         }
 
         return builder;
     }
-
-    private static BatchingOptions WithName(BatchingOptions o, string name) => new()
-    {
-        Name = name,
-        MaxBatchSize = o.MaxBatchSize,
-        MaxDelay = o.MaxDelay,
-        QueueCapacity = o.QueueCapacity,
-        QueueFullMode = o.QueueFullMode,
-        MaxConcurrentBatches = o.MaxConcurrentBatches,
-        ExecutionTimeout = o.ExecutionTimeout,
-        ShutdownTimeout = o.ShutdownTimeout,
-        PoisonIsolationDepth = o.PoisonIsolationDepth,
-        OutputCheck = o.OutputCheck,
-        FlushPolicy = o.FlushPolicy,
-        TimeProvider = o.TimeProvider,
-    };
 }

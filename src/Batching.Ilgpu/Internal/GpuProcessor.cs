@@ -1,34 +1,99 @@
+using System.Diagnostics.Metrics;
+using Microsoft.Extensions.Diagnostics.HealthChecks;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Batching.Ilgpu.Internal;
 
 /// <summary>The processor callers see: rejects bad input before it is queued (so it fails only its own caller),
-/// then hands the item to the core engine, whose batch handler is the device router.</summary>
-internal sealed class GpuProcessor<TIn, TOut>(IBatchProcessor<TIn, TOut> engine, DeviceRouter<TIn, TOut> router, Func<TIn, string?> check)
-    : IGpuBatchProcessor<TIn, TOut>
+/// then hands the item to the core engine, whose batch handler is the device router. Reports device health to
+/// health checks and per-device gauges to the "Batching" meter.</summary>
+internal sealed class GpuProcessor<TIn, TOut> : IGpuBatchProcessor<TIn, TOut>, IBatchingHealthContributor
 {
-    public bool HasHealthyGpu => router.HasHealthyGpu;
+    private readonly IBatchProcessor<TIn, TOut> _engine;
+    private readonly DeviceRouter<TIn, TOut> _router;
+    private readonly Func<TIn, string?> _check;
+    private readonly Meter? _ownedMeter;
 
-    public IReadOnlyList<GpuDeviceStatus> GetDevices() => router.GetDevices();
+    public GpuProcessor(IBatchProcessor<TIn, TOut> engine, DeviceRouter<TIn, TOut> router, Func<TIn, string?> check, string name, IMeterFactory? meterFactory)
+    {
+        _engine = engine;
+        _router = router;
+        _check = check;
+        Name = name;
+        var options = new MeterOptions(BatchingTelemetry.MeterName) { Tags = [new(BatchingTelemetry.ProcessorTag, name)] };
+        Meter meter = meterFactory?.Create(options) ?? (_ownedMeter = new Meter(options));
+        meter.CreateObservableGauge("batching.device.healthy", () => Measure(d => d.IsHealthy ? 1 : 0), "{device}",
+            "1 while a device (or device instance) takes batches, 0 once it is quarantined after a fault.");
+        meter.CreateObservableUpDownCounter("batching.device.in_flight", () => Measure(d => d.InFlightBatches), "{batch}",
+            "Batches running on a device now.");
+    }
+
+    public string Name { get; }
+
+    public bool HasHealthyGpu => _router.HasHealthyGpu;
+
+    public IReadOnlyList<GpuDeviceStatus> GetDevices() => _router.GetDevices();
 
     public ValueTask<TOut> ProcessAsync(TIn input, CancellationToken cancellationToken = default)
     {
-        string? problem = check(input);
+        string? problem = _check(input);
         return problem is null
-            ? engine.ProcessAsync(input, cancellationToken)
+            ? _engine.ProcessAsync(input, cancellationToken)
             : ValueTask.FromException<TOut>(new ArgumentException(problem, nameof(input)));
+    }
+
+    /// <summary>
+    /// The engine's own health, made worse by the devices': Degraded when a device was quarantined or only the
+    /// CPU fallback is left, Unhealthy when no device can run a batch.
+    /// </summary>
+    public HealthCheckResult CheckHealth()
+    {
+        HealthCheckResult engine = _engine is IBatchingHealthContributor contributor ? contributor.CheckHealth() : HealthCheckResult.Healthy();
+        IReadOnlyList<GpuDeviceStatus> devices = _router.GetDevices();
+        var data = new Dictionary<string, object>(engine.Data);
+        foreach (GpuDeviceStatus device in devices)
+        {
+            data[$"device:{device.Name}"] = device.IsHealthy ? $"healthy, {device.InFlightBatches}/{device.MaxInFlightBatches} in flight" : $"quarantined: {device.FaultReason}";
+        }
+
+        GpuDeviceStatus[] faulted = [.. devices.Where(d => !d.IsHealthy)];
+        if (!devices.Any(d => d.IsHealthy))
+        {
+            return HealthCheckResult.Unhealthy($"'{Name}' has no execution path left: every device is quarantined.", data: data);
+        }
+
+        if (engine.Status != HealthStatus.Healthy || faulted.Length == 0)
+        {
+            return new HealthCheckResult(engine.Status, engine.Description, engine.Exception, data);
+        }
+
+        string which = string.Join(", ", faulted.Select(d => $"{d.Name} ({d.FaultReason})"));
+        string mode = _router.HasHealthyGpu ? "serving on the remaining devices" : "serving on the managed CPU fallback";
+        return HealthCheckResult.Degraded($"'{Name}' lost {faulted.Length} device(s): {which}; {mode}.", data: data);
     }
 
     public async ValueTask DisposeAsync()
     {
         try
         {
-            await engine.DisposeAsync().ConfigureAwait(false);
+            await _engine.DisposeAsync().ConfigureAwait(false);
         }
         finally
         {
-            router.Dispose();
+            _router.Dispose();
+            _ownedMeter?.Dispose();
+        }
+    }
+
+    private IEnumerable<Measurement<int>> Measure(Func<GpuDeviceStatus, int> value)
+    {
+        foreach (GpuDeviceStatus device in _router.GetDevices())
+        {
+            yield return new Measurement<int>(value(device),
+                new KeyValuePair<string, object?>(BatchingTelemetry.ProcessorTag, Name),
+                new KeyValuePair<string, object?>("batching.device", device.Name),
+                new KeyValuePair<string, object?>("batching.device.kind", device.Kind.ToString()));
         }
     }
 }
@@ -42,12 +107,13 @@ internal static class GpuProcessorBuilder
         BatchingOptions? options,
         ILoggerFactory? loggerFactory,
         TimeProvider? fallbackTime,
+        IMeterFactory? meterFactory,
         Func<int, ILogger, (IReadOnlyList<IExecutionDevice<TIn, TOut>> Gpus, IExecutionDevice<TIn, TOut>? Fallback)>? devices = null)
         where TDevIn : unmanaged
         where TDevOut : unmanaged
     {
         gpuOptions.Validate();
-        BatchingOptions settings = Copy(options ?? new BatchingOptions());
+        BatchingOptions settings = (options ?? new BatchingOptions()).Clone();
         settings.TimeProvider ??= fallbackTime;
         bool raiseConcurrency = settings.MaxConcurrentBatches == 1;
         settings.Validate();
@@ -74,8 +140,8 @@ internal static class GpuProcessorBuilder
                 settings.MaxConcurrentBatches = Math.Clamp(router.Capacity, 1, 1024);
             }
 
-            IBatchProcessor<TIn, TOut> engine = BatchProcessor.Create<TIn, TOut>(router.RunAsync, settings);
-            return new GpuProcessor<TIn, TOut>(engine, router, program.Check);
+            IBatchProcessor<TIn, TOut> engine = BatchProcessor.Create<TIn, TOut>(router.RunAsync, settings, loggerFactory, meterFactory);
+            return new GpuProcessor<TIn, TOut>(engine, router, program.Check, name, meterFactory);
         }
         catch
         {
@@ -83,21 +149,4 @@ internal static class GpuProcessorBuilder
             throw;
         }
     }
-
-    /// <summary>A copy, so the caller's options object is never changed (the core offers no public clone).</summary>
-    private static BatchingOptions Copy(BatchingOptions o) => new()
-    {
-        Name = o.Name,
-        MaxBatchSize = o.MaxBatchSize,
-        MaxDelay = o.MaxDelay,
-        QueueCapacity = o.QueueCapacity,
-        QueueFullMode = o.QueueFullMode,
-        MaxConcurrentBatches = o.MaxConcurrentBatches,
-        ExecutionTimeout = o.ExecutionTimeout,
-        ShutdownTimeout = o.ShutdownTimeout,
-        PoisonIsolationDepth = o.PoisonIsolationDepth,
-        OutputCheck = o.OutputCheck,
-        FlushPolicy = o.FlushPolicy,
-        TimeProvider = o.TimeProvider,
-    };
 }

@@ -142,6 +142,6 @@ public static class BatchingBuilderExtensions
 
         BatchHandler<TIn, TOut> handler = handlerFactory(services)
             ?? throw new InvalidOperationException($"The handler factory for batch processor '{options.Name}' returned null.");
-        return BatchProcessor.Create(handler, options, services.GetService<TimeProvider>(), services.GetService<ILoggerFactory>(), services.GetService<IMeterFactory>());
+        return BatchProcessor.CreateEngine(handler, options, services.GetService<TimeProvider>(), services.GetService<ILoggerFactory>(), services.GetService<IMeterFactory>());
     }
 }
