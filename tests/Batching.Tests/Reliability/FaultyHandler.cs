@@ -29,7 +29,8 @@ internal sealed class InjectedFaultException(string message) : Exception(message
 /// <param name="Inputs">The batch's inputs.</param>
 /// <param name="Fault">The fault injected.</param>
 /// <param name="Poisoned">Whether a poison input made it throw.</param>
-internal sealed record HandlerCall(long Number, int[] Inputs, Fault Fault, bool Poisoned);
+/// <param name="Token">The call's cancellation token.</param>
+internal sealed record HandlerCall(long Number, int[] Inputs, Fault Fault, bool Poisoned, CancellationToken Token);
 
 /// <summary>
 /// An <c>int -> int</c> batch handler that computes <see cref="Expected"/> and fails on cue: per call through
@@ -143,7 +144,7 @@ internal sealed class FaultyHandler
 
             if (_record)
             {
-                Calls.Enqueue(new HandlerCall(number, inputs.ToArray(), fault, poisoned));
+                Calls.Enqueue(new HandlerCall(number, inputs.ToArray(), fault, poisoned, token));
             }
 
             OnCall?.Invoke(inputs);
