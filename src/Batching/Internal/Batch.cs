@@ -178,25 +178,27 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
     }
 
     /// <summary>
-    /// Fails the callers nobody completed yet and marks the slot as released; returns the cancellation source to
-    /// cancel once every lock is released, or null when this use already finished or already gave up.
+    /// Fails the callers nobody completed yet and marks the slot as released; false when this use already finished
+    /// or already gave up. <paramref name="cts"/> is the cancellation source to cancel once every lock is released
+    /// (null when cancellation was already requested, for instance because every caller left).
     /// Called under the engine lock (timeout and shutdown), which is what keeps the slot accounting exact.
     /// </summary>
-    public CancellationTokenSource? GiveUpLocked(Func<int, Exception> failure, bool onlyIfTimedOut)
+    public bool GiveUpLocked(Func<int, Exception> failure, bool onlyIfTimedOut, out CancellationTokenSource? cts)
     {
         int failed = 0;
-        CancellationTokenSource? cts = GiveUpLocked(failure, onlyIfTimedOut, ref failed);
+        bool gaveUp = GiveUpLocked(failure, onlyIfTimedOut, ref failed, out cts);
         _engine.Telemetry.RequestsFinished(Outcomes.Failed, failed);
-        return cts;
+        return gaveUp;
     }
 
-    private CancellationTokenSource? GiveUpLocked(Func<int, Exception> failure, bool onlyIfTimedOut, ref int failed)
+    private bool GiveUpLocked(Func<int, Exception> failure, bool onlyIfTimedOut, ref int failed, out CancellationTokenSource? cts)
     {
+        cts = null;
         lock (_sync)
         {
             if (!_running || _callersReleased)
             {
-                return null;
+                return false;
             }
 
             if (onlyIfTimedOut)
@@ -207,7 +209,7 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
                 {
                     // A late callback from this batch's previous use; the current use has time left.
                     _timer?.Change(timeout - elapsed, Timeout.InfiniteTimeSpan);
-                    return null;
+                    return false;
                 }
             }
 
@@ -223,7 +225,8 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
                 }
             }
 
-            return TakeCancellationLocked();
+            cts = TakeCancellationLocked();
+            return true;
         }
     }
 

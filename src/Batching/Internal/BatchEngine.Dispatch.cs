@@ -258,18 +258,18 @@ internal sealed partial class BatchEngine<TIn, TOut>
     internal void OnBatchTimedOut(Batch<TIn, TOut> batch)
     {
         CancellationTokenSource? cts;
-        bool wake = false;
+        bool gaveUp, wake = false;
         lock (_lock)
         {
-            cts = batch.GiveUpLocked(_timeoutFailure, onlyIfTimedOut: true);
-            if (cts is not null && _running.Remove(batch))
+            gaveUp = batch.GiveUpLocked(_timeoutFailure, onlyIfTimedOut: true, out cts);
+            if (gaveUp && _running.Remove(batch))
             {
                 _inFlight--;
                 wake = SlotFreedLocked();
             }
         }
 
-        if (cts is not null)
+        if (gaveUp)
         {
             Log.BatchTimedOut(Logger, DisplayName, batch.Count, ExecutionTimeout);
         }

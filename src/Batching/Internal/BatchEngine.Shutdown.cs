@@ -119,7 +119,7 @@ internal sealed partial class BatchEngine<TIn, TOut>
             _queuedItems = 0;
             foreach (Batch<TIn, TOut> batch in _running)
             {
-                if (batch.GiveUpLocked(failure, onlyIfTimedOut: false) is { } cts)
+                if (batch.GiveUpLocked(failure, onlyIfTimedOut: false, out CancellationTokenSource? cts) && cts is not null)
                 {
                     toCancel.Add(cts);
                 }
