@@ -113,10 +113,8 @@ public class HandlerFaultTests
         await Reliably.StillServesAsync(processor, handler);
     }
 
-    // Engine bug (reported): Batch.GiveUpLocked marks the slot released but returns null when every caller already
-    // cancelled (the token was cancelled then), so OnBatchTimedOut skips _inFlight-- and Finish skips it too: the
-    // slot is lost for good, and with MaxConcurrentBatches = 1 the processor never dispatches again.
-    [Fact(Skip = "engine bug: slot leaked when all callers of a batch cancel and its handler outlives ExecutionTimeout; remove Skip once fixed")]
+    // Regression: the slot of a batch whose callers had all cancelled used to leak at the execution timeout.
+    [Fact]
     public async Task A_hung_batch_whose_callers_all_cancelled_still_frees_its_slot_at_the_execution_timeout()
     {
         var time = Reliably.FakeTime();
