@@ -27,6 +27,7 @@ internal sealed class ClosedLoopCallers : IAsyncDisposable
     private readonly ManualResetEventSlim _goalReached = new(false);
     private long _completed;
     private long _goal = long.MaxValue;
+    private long _returnedAt;
     private volatile bool _stopping;
 
     public ClosedLoopCallers(RequestTarget target, int callers)
@@ -44,17 +45,16 @@ internal sealed class ClosedLoopCallers : IAsyncDisposable
 
     /// <summary>Blocks until the callers have completed <paramref name="requests"/> more requests.</summary>
     /// <remarks>
-    /// Back-to-back calls chain their goals: the requests completed while this thread wakes up count toward the
-    /// next call, so a timed loop of calls measures exactly its requests and not the wake-ups in between. After a
-    /// longer pause (BenchmarkDotNet's bookkeeping between iterations, untimed) the count starts afresh.
+    /// Back-to-back calls (BenchmarkDotNet's timed loop) chain their goals: the requests completed while this thread
+    /// wakes up count toward the next call, whose time includes that wake-up, so a timed loop measures exactly its
+    /// requests. After a pause (BenchmarkDotNet's untimed bookkeeping between iterations) the count starts afresh.
     /// </remarks>
     public void Run(int requests)
     {
-        long completed = Volatile.Read(ref _completed);
+        long now = Stopwatch.GetTimestamp();
         long previous = Volatile.Read(ref _goal);
-        long goal = previous != long.MaxValue && completed >= previous && completed - previous < requests / 4
-            ? previous + requests
-            : completed + requests;
+        bool backToBack = previous != long.MaxValue && now - _returnedAt < Stopwatch.Frequency / 20_000; // 50 us
+        long goal = backToBack ? previous + requests : Volatile.Read(ref _completed) + requests;
 
         // Exchange, not a plain write: it is a full fence, so the count read below cannot be older than the goal
         // a caller sees (otherwise both could miss the moment the goal is reached).
@@ -65,6 +65,7 @@ internal sealed class ClosedLoopCallers : IAsyncDisposable
             _goalReached.Reset();
             if (Volatile.Read(ref _completed) >= goal)
             {
+                _returnedAt = Stopwatch.GetTimestamp();
                 return;
             }
 
