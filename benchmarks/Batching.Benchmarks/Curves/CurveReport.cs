@@ -25,7 +25,7 @@ internal static class CurveReport
             .AppendLine(inv, $"- Open-loop Poisson arrivals (seeded, seed {CurveSweep.Seed} + point index: every policy sees the same arrivals at a given point), {settings.WarmUp.TotalMilliseconds:0} ms warm-up then {settings.Measure.TotalMilliseconds:0} ms measured. Latency runs from the *scheduled* arrival to the caller's continuation, recorded in HdrHistogram (3 significant digits).")
             .AppendLine("- Simulated device: a batch of n takes a + b·n, completed by a spinning driver thread to within about a microsecond; like a GPU, no host thread is busy while it runs. One batch at a time (MaxConcurrentBatches 1).")
             .AppendLine(inv, $"- Processor: MaxBatchSize {CurveSweep.MaxBatchSize}, MaxDelay 1 ms, QueueCapacity {CurveSweep.QueueCapacity}, QueueFullMode.Reject (overload shows as rejections instead of blocking the open loop). Policies: `size` = FlushPolicy.Size(32, 64), `deadline` = FlushPolicy.Deadline, `adaptive` = FlushPolicy.Adaptive() with defaults, `none` = the same processor with **MaxBatchSize 1** (no batching, same queue).")
-            .AppendLine("- Load % is of the device's capacity with full batches: MaxBatchSize / (a + b·MaxBatchSize). Achieved = completions inside the measured window per second. Ideal p99 = an ideal zero-overhead greedy batcher (or FIFO server for `none`) simulated on the same arrivals. Gen lag = how late the driver issued arrivals (its own health; latencies include it). Unfinished = requests still queued 2 s after the last arrival (only overloaded runs); they enter the percentiles with their latency so far, so those percentiles are lower bounds.")
+            .AppendLine("- Load % is of the device's capacity with full batches: MaxBatchSize / (a + b·MaxBatchSize). Achieved = completions inside the measured window per second. Ideal p99 = an ideal zero-overhead greedy batcher (or FIFO server for `none`) simulated on the same arrivals. Gen lag = how late the driver issued arrivals (its own health; latencies include it). Unfinished = requests still queued 2 s after the last arrival (only overloaded runs); they enter the percentiles with their latency so far, so those percentiles are lower bounds. Alloc MB/s and Gen0 GCs cover the whole process during the point (processor and load generator).")
             .AppendLine()
             .AppendLine("## Targets")
             .AppendLine()
@@ -50,10 +50,10 @@ internal static class CurveReport
 
         File.WriteAllText(Path.Combine(directory, settings.Quick ? "curves-quick.md" : "curves.md"), md.ToString());
 
-        var csv = new StringBuilder("profile,policy,load_percent,offered_per_s,achieved_per_s,p50_us,p99_us,p999_us,ideal_p99_us,mean_batch,device_busy_percent,rejected,failed,unfinished,measured,gen_lag_p99_us,probe\n");
+        var csv = new StringBuilder("profile,policy,load_percent,offered_per_s,achieved_per_s,p50_us,p99_us,p999_us,ideal_p99_us,mean_batch,device_busy_percent,rejected,failed,unfinished,measured,gen_lag_p99_us,alloc_mb_per_s,gen0,probe\n");
         foreach (var (p, probe) in points.Select(p => (p, false)).Concat(probes.Select(p => (p, true))))
         {
-            csv.AppendLine(string.Join(',', new object[] { p.Profile, p.Policy, p.LoadPercent, p.OfferedPerSecond, p.AchievedPerSecond, p.P50Us, p.P99Us, p.P999Us, p.IdealP99Us, p.MeanBatch, p.DeviceBusyPercent, p.Rejected, p.Failed, p.Unfinished, p.Measured, p.IssueLagP99Us, probe }
+            csv.AppendLine(string.Join(',', new object[] { p.Profile, p.Policy, p.LoadPercent, p.OfferedPerSecond, p.AchievedPerSecond, p.P50Us, p.P99Us, p.P999Us, p.IdealP99Us, p.MeanBatch, p.DeviceBusyPercent, p.Rejected, p.Failed, p.Unfinished, p.Measured, p.IssueLagP99Us, p.AllocatedMBPerSecond, p.Gen0Collections, probe }
                 .Select(v => Convert.ToString(v, inv))));
         }
 
@@ -63,11 +63,11 @@ internal static class CurveReport
     private static void Table(StringBuilder md, IEnumerable<CurvePoint> rows)
     {
         var inv = CultureInfo.InvariantCulture;
-        md.AppendLine("| Policy | Load | Offered/s | Achieved/s | p50 µs | p99 µs | p99.9 µs | Ideal p99 µs | Mean batch | Device busy | Rejected | Unfinished | Gen lag p99 µs |")
-          .AppendLine("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+        md.AppendLine("| Policy | Load | Offered/s | Achieved/s | p50 µs | p99 µs | p99.9 µs | Ideal p99 µs | Mean batch | Device busy | Rejected | Unfinished | Gen lag p99 µs | Alloc MB/s | Gen0 GCs |")
+          .AppendLine("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
         foreach (CurvePoint p in rows.OrderBy(p => p.LoadPercent).ThenBy(p => p.Policy, StringComparer.Ordinal))
         {
-            md.AppendLine(inv, $"| {p.Policy} | {p.LoadPercent:0.#}% | {p.OfferedPerSecond:N0} | {p.AchievedPerSecond:N0} | {p.P50Us:N0} | {p.P99Us:N0} | {p.P999Us:N0} | {(double.IsNaN(p.IdealP99Us) ? "–" : p.IdealP99Us.ToString("N0", inv))} | {p.MeanBatch:0.0} | {p.DeviceBusyPercent:0}% | {p.Rejected:N0}{(p.Failed > 0 ? $" (+{p.Failed} failed)" : "")} | {p.Unfinished:N0} | {p.IssueLagP99Us:N0} |");
+            md.AppendLine(inv, $"| {p.Policy} | {p.LoadPercent:0.#}% | {p.OfferedPerSecond:N0} | {p.AchievedPerSecond:N0} | {p.P50Us:N0} | {p.P99Us:N0} | {p.P999Us:N0} | {(double.IsNaN(p.IdealP99Us) ? "–" : p.IdealP99Us.ToString("N0", inv))} | {p.MeanBatch:0.0} | {p.DeviceBusyPercent:0}% | {p.Rejected:N0}{(p.Failed > 0 ? $" (+{p.Failed} failed)" : "")} | {p.Unfinished:N0} | {p.IssueLagP99Us:N0} | {p.AllocatedMBPerSecond:N0} | {p.Gen0Collections} |");
         }
     }
 

@@ -19,7 +19,7 @@ internal sealed record SweepSettings(DeviceProfile[] Profiles, double[] LoadPerc
 internal sealed record CurvePoint(
     string Profile, string Policy, double LoadPercent, double OfferedPerSecond, double AchievedPerSecond,
     double P50Us, double P99Us, double P999Us, double IdealP99Us, double MeanBatch, double DeviceBusyPercent,
-    long Rejected, long Failed, long Unfinished, long Measured, double IssueLagP99Us);
+    long Rejected, long Failed, long Unfinished, long Measured, double IssueLagP99Us, double AllocatedMBPerSecond, int Gen0Collections);
 
 internal static partial class CurveSweep
 {
@@ -106,7 +106,7 @@ internal static partial class CurveSweep
 
     private static void Print(CurvePoint p) => Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
         $"{p.Profile} {p.Policy,-8} load {p.LoadPercent,6:0.0}%  offered {p.OfferedPerSecond,9:N0}/s  achieved {p.AchievedPerSecond,9:N0}/s  " +
-        $"p50 {p.P50Us,9:N0} us  p99 {p.P99Us,9:N0} us  p99.9 {p.P999Us,9:N0} us  batch {p.MeanBatch,5:0.0}  rejected {p.Rejected,7}  unfinished {p.Unfinished,6}  lag p99 {p.IssueLagP99Us:N0} us"));
+        $"p50 {p.P50Us,9:N0} us  p99 {p.P99Us,9:N0} us  p99.9 {p.P999Us,9:N0} us  batch {p.MeanBatch,5:0.0}  rejected {p.Rejected,7}  unfinished {p.Unfinished,6}  lag p99 {p.IssueLagP99Us:N0} us  alloc {p.AllocatedMBPerSecond:N0} MB/s  gen0 {p.Gen0Collections}"));
 
     private static CurvePoint Measure(DeviceProfile profile, string policyName, BatchingOptions options, double load, double rate, SweepSettings settings, int seed)
     {
@@ -129,7 +129,12 @@ internal static partial class CurveSweep
         var completions = new long[count];
         IBatchProcessor<int, int> processor = BatchProcessor.Create(handler, options);
         var driver = new OpenLoopDriver(processor, device, schedule, count, completions);
+        long allocated0 = GC.GetTotalAllocatedBytes(precise: false);
+        int gen0 = GC.CollectionCount(0);
+        var runTime = Stopwatch.StartNew();
         driver.Run(DrainLimit, from, until);
+        double allocatedMBPerSecond = (GC.GetTotalAllocatedBytes(precise: false) - allocated0) / 1e6 / runTime.Elapsed.TotalSeconds;
+        gen0 = GC.CollectionCount(0) - gen0;
         long cutoff = Stopwatch.GetTimestamp();
 
         // Disposing fails whatever is left (ShutdownTimeout 0), which would overwrite the unfinished slots.
@@ -179,7 +184,7 @@ internal static partial class CurveSweep
             Us(latency, 50), Us(latency, 99), Us(latency, 99.9), idealP99,
             device.Batches == 0 ? 0 : (double)device.Items / device.Batches,
             device.BusyTicks / (measure * Stopwatch.Frequency) * 100,
-            rejected, failed, unfinished, measured, driver.IssueLag.GetValueAtPercentile(99) / 1000.0);
+            rejected, failed, unfinished, measured, driver.IssueLag.GetValueAtPercentile(99) / 1000.0, allocatedMBPerSecond, gen0);
     }
 
     private static double Us(LongHistogram histogram, double percentile) =>
