@@ -92,7 +92,11 @@ public class CancellationStormTests
         Assert.All(ledger.Outcomes.Where(e => e.Key % 2 == 0), e => Assert.Equal(Outcome.Succeeded, e.Value));
         Assert.All(ledger.Outcomes.Where(e => e.Key % 6 == 3), e => Assert.Equal(Outcome.Cancelled, e.Value));
         Assert.True(cancelledInBatch > 0, "no caller was cancelled while its batch ran");
-        Assert.True(report.Cancelled >= cancelledInBatch + ledger.Outcomes.Count(e => e.Key % 6 == 3));
+
+        // A batch run inline inside ProcessAsync may finish before the caller's token is even registered: then the
+        // caller gets its output, which is as valid as the cancellation (the two raced).
+        Assert.All(ledger.Outcomes.Where(e => e.Key % 6 == 1), e => Assert.True(e.Value is Outcome.Cancelled or Outcome.Succeeded, $"{e.Key}: {e.Value}"));
+        Assert.True(ledger.Outcomes.Count(e => e.Key % 6 == 1 && e.Value == Outcome.Cancelled) > 0, "no caller cancelled while its batch ran saw the cancellation");
         Assert.All(handler.Calls.SelectMany(c => c.Inputs).Where(x => x % 6 == 3), x => Assert.Fail($"pre-cancelled input {x} reached the handler"));
         foreach (var cts in sources.Values)
         {

@@ -51,22 +51,28 @@ public class PoisonTests
 
     private static async Task<(Ledger, FaultyHandler, IBatchProcessor<int, int>)> RunAsync(int depth)
     {
-        var handler = new FaultyHandler { IsPoison = IsPoison };
+        // The first call is held on a fake clock while the rest queue up, so every later batch is full: a
+        // poison input then always shares its batch with innocent ones.
+        var time = Reliably.FakeTime();
+        var handler = new FaultyHandler(time) { IsPoison = IsPoison, Plan = n => n == 1 ? Fault.Slow : Fault.None, SlowFor = TimeSpan.FromSeconds(1) };
         var processor = BatchProcessor.Create(handler.Handler, new BatchingOptions
         {
             MaxBatchSize = 16,
-            MaxDelay = TimeSpan.FromMilliseconds(1),
-            MaxConcurrentBatches = 2,
+            MaxDelay = TimeSpan.Zero,
             PoisonIsolationDepth = depth,
+            TimeProvider = time,
         });
         var ledger = new Ledger($"poison, isolation depth {depth}");
+        _ = ledger.Submit(processor, 0);
+        Assert.True(await handler.SlowStarted.WaitAsync(Ledger.DefaultBound));
         await Task.WhenAll(Enumerable.Range(0, 3).Select(p => Task.Run(() =>
         {
-            for (int i = p; i < Total; i += 3)
+            for (int i = 1 + p; i < Total; i += 3)
             {
                 _ = ledger.Submit(processor, i);
             }
         })));
+        time.Advance(TimeSpan.FromSeconds(1));
         LedgerReport report = (await ledger.SettleAsync()).ThrowIfUnclean();
         Assert.Equal(Total, report.Submitted);
         Assert.Equal(0, report.Cancelled + report.Rejected);
