@@ -24,6 +24,7 @@ public static class Program
         if (args.Length > 0 && args[0] == "curves")
         {
             string output = OptionValue(args, "--out") ?? Paths.Results;
+            Machine.RaisePriority();
             return CurveSweep.Run(args.Contains("--quick") ? CurveSweep.Quick : CurveSweep.Full, output, command);
         }
 

@@ -19,7 +19,7 @@ internal static class CurveReport
             .AppendLine(inv, $"- Date: {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC; the sweep took {took.TotalSeconds:0} s")
             .AppendLine(inv, $"- Command: `{command}`")
             .AppendLine(inv, $"- Commit: {Git.Describe()}")
-            .AppendLine(inv, $"- Load average (1/5/15 min) at start: {Machine.LoadAverageAtStart}; at end: {Machine.LoadAverage()} (other work on the VM moves the numbers)")
+            .AppendLine(inv, $"- Load average (1/5/15 min) at start: {Machine.LoadAverageAtStart}; at end: {Machine.LoadAverage()} (other work on the VM moves the numbers); process priority: {Machine.Priority} (as BenchmarkDotNet runs its benchmark processes)")
             .AppendLine()
             .AppendLine("Setup:")
             .AppendLine(inv, $"- Open-loop Poisson arrivals (seeded, seed {CurveSweep.Seed} + point index: every policy sees the same arrivals at a given point), {settings.WarmUp.TotalMilliseconds:0} ms warm-up then {settings.Measure.TotalMilliseconds:0} ms measured. Latency runs from the *scheduled* arrival to the caller's continuation, recorded in HdrHistogram (3 significant digits).")

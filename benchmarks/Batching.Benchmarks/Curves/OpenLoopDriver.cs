@@ -56,7 +56,7 @@ internal sealed class OpenLoopDriver
         _device.CountUntil = _start + countUntilOffset;
         long giveUp = _start + (_count > 0 ? _schedule[_count - 1] : 0) + (long)(drainLimit.TotalSeconds * Stopwatch.Frequency);
         double nanosPerTick = 1e9 / Stopwatch.Frequency;
-        long yieldThreshold = Stopwatch.Frequency / 50_000; // 20 us
+        long yieldThreshold = Stopwatch.Frequency / 200_000; // 5 us
         int next = 0;
         while (true)
         {
@@ -80,8 +80,9 @@ internal sealed class OpenLoopDriver
                 return;
             }
 
-            // Nothing due for a while: let a pool thread that shares this core run (the processor's dispatcher and
-            // the callers' continuations need it on a 2-core machine); sched_yield returns at once if none waits.
+            // Nothing due for a few microseconds: let a pool thread that shares this core run (the processor's
+            // dispatcher and the callers' continuations need it on a 2-core machine); sched_yield returns at once if
+            // none waits, so arrivals stay on time.
             if (next < _count && _start + _schedule[next] - now > yieldThreshold)
             {
                 Thread.Yield();
