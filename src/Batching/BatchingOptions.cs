@@ -72,6 +72,18 @@ public sealed class BatchingOptions
     /// <value>Default: 0. Allowed: 0 to <see cref="MaxPoisonIsolationDepth"/>.</value>
     public int PoisonIsolationDepth { get; set; }
 
+    /// <summary>
+    /// The idle fast path: when a lone item arrives, a batch slot is free and the flush policy would dispatch it at
+    /// once (as <see cref="FlushPolicy.Adaptive"/> does when nothing runs), run its batch on the caller's thread
+    /// instead of waking the dispatcher. That saves two thread hops (well under a microsecond of added latency instead
+    /// of a few), and a synchronous handler completes the call before <see cref="IBatchProcessor{TIn, TOut}.ProcessAsync"/>
+    /// returns. The price: a handler that blocks its thread then holds that caller inside <c>ProcessAsync</c> for as
+    /// long as it blocks, deaf to the caller's token and to <see cref="ExecutionTimeout"/>. Turn it on for handlers
+    /// that are asynchronous (a GPU launch, an I/O call) or quick.
+    /// </summary>
+    /// <value>Default: <see langword="false"/>.</value>
+    public bool InlineWhenIdle { get; set; }
+
     /// <summary>How outputs the handler left unwritten are detected.</summary>
     /// <value>Default: <see cref="Batching.OutputCheck.RejectNull"/>.</value>
     public OutputCheck OutputCheck { get; set; } = OutputCheck.RejectNull;

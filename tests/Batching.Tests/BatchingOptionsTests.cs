@@ -15,6 +15,7 @@ public class BatchingOptionsTests
         Assert.Equal(TimeSpan.FromSeconds(10), options.ShutdownTimeout);
         Assert.Equal(0, options.PoisonIsolationDepth);
         Assert.Equal(OutputCheck.RejectNull, options.OutputCheck);
+        Assert.False(options.InlineWhenIdle);
         Assert.Same(FlushPolicy.Deadline, options.FlushPolicy);
         Assert.Null(options.TimeProvider);
         Assert.Null(options.Name);

@@ -132,7 +132,8 @@ internal sealed partial class BatchEngine<TIn, TOut>
     }
 
     /// <summary>
-    /// The idle fast path: a lone item arrives, a slot is free and the dispatcher sleeps. If the policy would
+    /// The idle fast path (opt-in, <see cref="BatchingOptions.InlineWhenIdle"/>): a lone item arrives, a slot is
+    /// free and the dispatcher sleeps. If the policy would
     /// dispatch it at once (Adaptive does, when nothing runs), the caller runs the batch itself instead of waking
     /// the dispatcher: no thread hop, and a synchronous handler completes the call before it even returns.
     /// This is what a caller would pay calling the handler directly, plus the bookkeeping.
@@ -140,7 +141,7 @@ internal sealed partial class BatchEngine<TIn, TOut>
     private Batch<TIn, TOut>? TryTakeInlineBatchLocked()
     {
         Debug.Assert(Monitor.IsEntered(_lock));
-        if (_queuedItems != 1 || !_dispatcherWaiting || _inFlight >= _maxConcurrentBatches || _disposed)
+        if (!_inlineWhenIdle || _queuedItems != 1 || !_dispatcherWaiting || _inFlight >= _maxConcurrentBatches || _disposed)
         {
             return null;
         }

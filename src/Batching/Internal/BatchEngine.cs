@@ -38,6 +38,7 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
     private readonly bool _rejectWhenFull;
     private readonly OutputCheck _outputCheck;
     private readonly bool _coarseTimer;
+    private readonly bool _inlineWhenIdle;
     private readonly Task _dispatcher;
     private readonly Func<int, Exception> _timeoutFailure;
 
@@ -66,6 +67,7 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
         _maxConcurrentBatches = options.MaxConcurrentBatches;
         _rejectWhenFull = options.QueueFullMode == QueueFullMode.Reject;
         _outputCheck = options.OutputCheck;
+        _inlineWhenIdle = options.InlineWhenIdle;
         ExecutionTimeout = options.ExecutionTimeout;
         PoisonIsolationDepth = options.PoisonIsolationDepth;
 

@@ -136,6 +136,57 @@ public class FlushTimingTests
     }
 
     [Fact]
+    public async Task With_InlineWhenIdle_a_lone_item_runs_on_the_callers_thread_and_completes_before_ProcessAsync_returns()
+    {
+        int? handlerThread = null;
+        BatchHandler<int, int> handler = (inputs, outputs, _) =>
+        {
+            handlerThread = Environment.CurrentManagedThreadId;
+            outputs.Span[0] = inputs.Span[0] + 1;
+            return ValueTask.CompletedTask;
+        };
+        await using var processor = BatchProcessor.Create(handler, new BatchingOptions { FlushPolicy = FlushPolicy.Adaptive(), InlineWhenIdle = true });
+        await Wait.UntilIdleAsync(processor);
+
+        ValueTask<int> call = processor.ProcessAsync(41);
+
+        Assert.True(call.IsCompletedSuccessfully);
+        Assert.Equal(Environment.CurrentManagedThreadId, handlerThread);
+        Assert.Equal(42, await call);
+    }
+
+    [Fact]
+    public async Task Without_InlineWhenIdle_the_handler_never_runs_on_the_callers_thread()
+    {
+        var threads = new System.Collections.Concurrent.ConcurrentQueue<int>();
+        BatchHandler<int, int> handler = (inputs, outputs, _) =>
+        {
+            threads.Enqueue(Environment.CurrentManagedThreadId);
+            outputs.Span[0] = inputs.Span[0] + 1;
+            return ValueTask.CompletedTask;
+        };
+        await using var processor = BatchProcessor.Create(handler, new BatchingOptions { FlushPolicy = FlushPolicy.Adaptive() });
+        for (int i = 0; i < 10; i++)
+        {
+            await Wait.UntilIdleAsync(processor);
+
+            // A dedicated thread is never a pool thread, so the handler can only run on it if ProcessAsync ran it inline.
+            int callerThread = 0;
+            ValueTask<int> call = default;
+            var caller = new Thread(() =>
+            {
+                callerThread = Environment.CurrentManagedThreadId;
+                call = processor.ProcessAsync(i);
+            });
+            caller.Start();
+            caller.Join();
+
+            Assert.Equal(i + 1, await call.WithinBoundAsync());
+            Assert.NotEqual(callerThread, threads.Last());
+        }
+    }
+
+    [Fact]
     public async Task Adaptive_batches_grow_while_the_previous_batch_runs()
     {
         var (processor, handler, _) = Create(FlushPolicy.Adaptive(), maxBatchSize: 100);
