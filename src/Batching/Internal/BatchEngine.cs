@@ -248,14 +248,9 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
     private Request<TIn, TOut> RentRequest() =>
         _requestPool.TryDequeue(out Request<TIn, TOut>? request) ? request : new Request<TIn, TOut>(this);
 
-    internal void ReturnToPool(Request<TIn, TOut> request)
-    {
-        // Enough for every queued item plus full batches in every slot; beyond that let the GC have it.
-        if (_requestPool.Count < _queueCapacity + _maxBatchSize * (_maxConcurrentBatches + 1))
-        {
-            _requestPool.Enqueue(request);
-        }
-    }
+    // Unbounded on purpose: it never holds more requests than callers once had outstanding at the same time (like
+    // ArrayPool, it keeps the peak), and counting a ConcurrentQueue would cost every request a snapshot.
+    internal void ReturnToPool(Request<TIn, TOut> request) => _requestPool.Enqueue(request);
 
     private void EnqueueLocked(Request<TIn, TOut> request, long timestamp)
     {
