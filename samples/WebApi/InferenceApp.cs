@@ -18,7 +18,6 @@ public static class InferenceApp
     /// <summary>The name of the batched processor in logs, metrics and health.</summary>
     public const string BatchedName = "infer";
 
-    private static readonly double[] SecondsBuckets = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
 
     /// <summary>Builds the app. <paramref name="configure"/> runs last, so tests can replace services.</summary>
     /// <param name="args">Command line: <c>--port N</c>, <c>--urls</c>, and any configuration key such as <c>--Batching:MaxBatchSize 32</c>.</param>
@@ -66,20 +65,12 @@ public static class InferenceApp
                 o.MaxDelay = TimeSpan.Zero;
                 o.FlushPolicy = FlushPolicy.Deadline;
             });
-        builder.Services.AddSingleton<IBatchingHealthContributor>(sp =>
-            new ProcessorHealth(BatchedName, sp.GetRequiredService<IBatchProcessor<ReadOnlyMemory<float>, float[]>>()));
-        builder.Services.AddSingleton<IBatchingHealthContributor>(sp =>
-            new ProcessorHealth(UnbatchedKey, sp.GetRequiredKeyedService<IBatchProcessor<ReadOnlyMemory<float>, float[]>>(UnbatchedKey)));
-
         builder.Services.AddProblemDetails();
         builder.Services.AddHealthChecks().AddCheck<BatchingHealthCheck>("batching");
         builder.Services.AddOpenTelemetry()
             .ConfigureResource(r => r.AddService("Batching.Samples.WebApi"))
             .WithMetrics(metrics => metrics
                 .AddMeter(BatchingTelemetry.MeterName, "Microsoft.AspNetCore.Hosting", "Microsoft.AspNetCore.Server.Kestrel")
-                // The core's duration histograms record seconds; the SDK's default buckets are sized for milliseconds.
-                .AddView("batching.batch.duration", new ExplicitBucketHistogramConfiguration { Boundaries = SecondsBuckets })
-                .AddView("batching.queue.wait", new ExplicitBucketHistogramConfiguration { Boundaries = SecondsBuckets })
                 .AddPrometheusExporter(o => o.ScrapeResponseCacheDurationMilliseconds = 0));
 
         configure?.Invoke(builder);

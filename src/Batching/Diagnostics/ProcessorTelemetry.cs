@@ -32,8 +32,10 @@ internal sealed class ProcessorTelemetry : IDisposable
             "Requests that finished, by outcome: completed, failed, cancelled or rejected.");
         _batchSize = _meter.CreateHistogram<int>("batching.batch.size", "{item}", "Items per handler call.",
             advice: new InstrumentAdvice<int> { HistogramBucketBoundaries = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024] });
-        _batchDuration = _meter.CreateHistogram<double>("batching.batch.duration", "s", "Time a handler call took, by outcome.");
-        _queueWait = _meter.CreateHistogram<double>("batching.queue.wait", "s", "Time an item waited in the queue before its batch was dispatched.");
+        // Batching lives in the 10 µs to 1 s range; exporters' default buckets are sized for milliseconds.
+        var seconds = new InstrumentAdvice<double> { HistogramBucketBoundaries = [0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10] };
+        _batchDuration = _meter.CreateHistogram<double>("batching.batch.duration", "s", "Time a handler call took, by outcome.", advice: seconds);
+        _queueWait = _meter.CreateHistogram<double>("batching.queue.wait", "s", "Time an item waited in the queue before its batch was dispatched.", advice: seconds);
         var tags = new[] { _processor };
         _meter.CreateObservableGauge("batching.queue.depth", () => new Measurement<int>(queueDepth(), tags), "{item}", "Items waiting in the queue.");
         _meter.CreateObservableUpDownCounter("batching.batches.in_flight", () => new Measurement<int>(inFlightBatches(), tags), "{batch}", "Batches whose handler call is running.");
