@@ -163,4 +163,41 @@ public class FailureTests
         Assert.Equal(102, await processor.ProcessAsync(2).WithinBoundAsync());
         stuck.SetResult();
     }
+
+    [Fact]
+    public async Task A_timer_left_armed_by_an_earlier_batch_never_times_out_a_later_one_early()
+    {
+        var time = new FakeTimeProvider();
+        var gate = new TaskCompletionSource();
+        int calls = 0;
+        BatchHandler<int, int> handler = async (inputs, outputs, token) =>
+        {
+            if (Interlocked.Increment(ref calls) == 2)
+            {
+                await gate.Task; // the second batch hangs, ignoring its token
+            }
+
+            outputs.Span[0] = inputs.Span[0] + 100;
+        };
+        await using var processor = BatchProcessor.Create(handler, new BatchingOptions
+        {
+            MaxDelay = TimeSpan.Zero,
+            ExecutionTimeout = TimeSpan.FromSeconds(10),
+            ShutdownTimeout = TimeSpan.Zero,
+            TimeProvider = time,
+        });
+
+        Assert.Equal(101, await processor.ProcessAsync(1).WithinBoundAsync()); // arms the batch's timer for t = 10 s
+        time.Advance(TimeSpan.FromSeconds(9));
+        var hung = processor.ProcessAsync(2);                                     // same batch object, starts at t = 9 s
+        await Wait.UntilAsync(() => Volatile.Read(ref calls) == 2, "the second batch starts");
+
+        time.Advance(TimeSpan.FromSeconds(1));                                    // t = 10 s: the old expiry fires
+        await Wait.UntilIdleAsync(processor);
+        Assert.False(hung.IsCompleted, "timed out 1 s into a 10 s timeout");
+
+        time.Advance(TimeSpan.FromSeconds(9));                                    // t = 19 s: its own timeout
+        await Assert.ThrowsAsync<TimeoutException>(() => hung.AsTask().WaitAsync(Wait.Bound));
+        gate.SetResult();
+    }
 }

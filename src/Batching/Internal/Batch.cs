@@ -33,6 +33,7 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
     private bool _callersReleased;
     private bool _slotReleased;
     private bool _cancelRequested;
+    private int _timerArmed;
     private string? _outcome;
     private Activity? _activity;
 
@@ -198,6 +199,11 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
         {
             if (!_running || _callersReleased)
             {
+                if (onlyIfTimedOut)
+                {
+                    Volatile.Write(ref _timerArmed, 0); // expired while idle: the next use arms it afresh
+                }
+
                 return false;
             }
 
@@ -207,10 +213,12 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
                 TimeSpan elapsed = _engine.Time.GetElapsedTime(_startTimestamp);
                 if (elapsed < timeout)
                 {
-                    // A late callback from this batch's previous use; the current use has time left.
+                    // Armed by an earlier use of this batch: the current use has time left.
                     _timer?.Change(timeout - elapsed, Timeout.InfiniteTimeSpan);
                     return false;
                 }
+
+                Volatile.Write(ref _timerArmed, 0);
             }
 
             _callersReleased = true;
@@ -395,7 +403,6 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
             _running = false;
             slotHeld = !_slotReleased;
             outcome = _outcome ?? (succeeded ? Outcomes.Success : _cts.IsCancellationRequested ? Outcomes.Cancelled : Outcomes.Failure);
-            _timer?.Change(Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
             for (int i = 0; i < count; i++)
             {
                 Items[i].Release();
@@ -439,8 +446,15 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
             return;
         }
 
+        // Timer changes take a process-wide lock and were the largest fixed cost of a small batch, so the timer is
+        // armed only when it is not already pending. Finishing a batch leaves it armed; if it then fires during a
+        // later use, GiveUpLocked sees that use's own start time and re-arms for the rest of its timeout. At most
+        // one expiry per ExecutionTimeout per batch object, instead of two timer changes per batch.
         _timer ??= _engine.Time.CreateTimer(s_onTimeout, this, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
-        _timer.Change(timeout, Timeout.InfiniteTimeSpan);
+        if (Interlocked.Exchange(ref _timerArmed, 1) == 0)
+        {
+            _timer.Change(timeout, Timeout.InfiniteTimeSpan);
+        }
     }
 
     public void DisposeResources()
