@@ -12,15 +12,21 @@ internal sealed partial class BatchEngine<TIn, TOut>
             while (true)
             {
                 Batch<TIn, TOut>? batch;
-                bool exit;
+                bool exit, yield;
                 lock (_lock)
                 {
-                    batch = NextBatchLocked(out exit);
+                    batch = NextBatchLocked(out exit, out yield);
                 }
 
                 if (exit)
                 {
                     return;
+                }
+
+                if (yield)
+                {
+                    await Task.Yield();
+                    continue;
                 }
 
                 if (batch is null)
@@ -51,10 +57,11 @@ internal sealed partial class BatchEngine<TIn, TOut>
     }
 
     /// <summary>Forms the next batch, or records what should wake the dispatcher and returns null.</summary>
-    private Batch<TIn, TOut>? NextBatchLocked(out bool exit)
+    private Batch<TIn, TOut>? NextBatchLocked(out bool exit, out bool yield)
     {
         Debug.Assert(Monitor.IsEntered(_lock));
         exit = false;
+        yield = false;
         if (_aborted)
         {
             exit = true;
@@ -77,6 +84,19 @@ internal sealed partial class BatchEngine<TIn, TOut>
         int take = DecideLocked(out int wakeWhenQueued, out TimeSpan wait);
         if (take > 0)
         {
+            // The callers the previous batch released are queued on the thread pool and most will call again at
+            // once. Before taking a smaller batch than that one, give them one scheduling turn (a yield through the
+            // pool's global queue, microseconds, never a timer) to re-queue; otherwise an eager policy chases them
+            // one item at a time. Once per batch, and not during a drain.
+            if (take < _lastBatchSize && !_yieldedSinceLastBatch && !_disposed)
+            {
+                _yieldedSinceLastBatch = true;
+                yield = true;
+                return null;
+            }
+
+            _yieldedSinceLastBatch = false;
+            _lastBatchSize = take;
             return TakeBatchLocked(take);
         }
 

@@ -48,6 +48,8 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
     private int _inFlight;
     private long _totalArrivals;
     private bool _dispatcherWaiting;
+    private int _lastBatchSize;
+    private bool _yieldedSinceLastBatch;
     private int _wakeWhenQueued = 1;
     private long _timerDueTimestamp = long.MaxValue;
     private bool _disposed;
