@@ -35,6 +35,9 @@ public class OverheadBenchmarks
     [GlobalSetup(Target = nameof(Adaptive))]
     public void SetupAdaptive() => Start(new LibraryTarget(FlushPolicy.Adaptive()));
 
+    [GlobalSetup(Target = nameof(AdaptiveInline))]
+    public void SetupAdaptiveInline() => Start(new LibraryTarget(FlushPolicy.Adaptive(), inlineWhenIdle: true));
+
     [GlobalSetup(Target = nameof(Direct))]
     public void SetupDirect() => Start(new DirectTarget(Callers));
 
@@ -64,6 +67,10 @@ public class OverheadBenchmarks
     /// <summary>This library, FlushPolicy.Adaptive().</summary>
     [Benchmark(OperationsPerInvoke = Requests)]
     public void Adaptive() => _callers!.Run(Requests);
+
+    /// <summary>This library, FlushPolicy.Adaptive() with BatchingOptions.InlineWhenIdle: at idle the caller runs the batch itself.</summary>
+    [Benchmark(OperationsPerInvoke = Requests)]
+    public void AdaptiveInline() => _callers!.Run(Requests);
 
     /// <summary>The handler called directly, one request per call: the floor for the added-latency target at C = 1.</summary>
     [Benchmark(OperationsPerInvoke = Requests)]

@@ -39,7 +39,7 @@ internal static class OverheadConfig
         {
             int callers = (int)c.Parameters["Callers"];
             string method = c.Descriptor.WorkloadMethod.Name;
-            return callers == 256 || (callers == 1 && method is nameof(OverheadBenchmarks.Channel) or nameof(OverheadBenchmarks.Adaptive) or nameof(OverheadBenchmarks.Direct));
+            return callers == 256 || (callers == 1 && method is nameof(OverheadBenchmarks.Channel) or nameof(OverheadBenchmarks.Adaptive) or nameof(OverheadBenchmarks.AdaptiveInline) or nameof(OverheadBenchmarks.Direct));
         }))
         .WithOptions(ConfigOptions.DisableLogFile);
 }

@@ -17,8 +17,9 @@ internal static class OverheadProbe
         "Deadline" => new LibraryTarget(FlushPolicy.Deadline),
         "Size" => new LibraryTarget(FlushPolicy.Size()),
         "Adaptive" => new LibraryTarget(FlushPolicy.Adaptive()),
+        "AdaptiveInline" => new LibraryTarget(FlushPolicy.Adaptive(), inlineWhenIdle: true),
         "Direct" => new DirectTarget(callers),
-        _ => throw new ArgumentException($"Unknown method '{method}'; use Channel, Dataflow, Deadline, Size, Adaptive or Direct.", nameof(method)),
+        _ => throw new ArgumentException($"Unknown method '{method}'; use Channel, Dataflow, Deadline, Size, Adaptive, AdaptiveInline or Direct.", nameof(method)),
     };
 
     public static int Run(string method, int callers, TimeSpan duration, bool sampleAllocations)

@@ -47,12 +47,13 @@ internal sealed class DirectTarget(int callers) : RequestTarget
 }
 
 /// <summary>This library.</summary>
-internal sealed class LibraryTarget(FlushPolicy policy) : RequestTarget
+internal sealed class LibraryTarget(FlushPolicy policy, bool inlineWhenIdle = false) : RequestTarget
 {
     private readonly IBatchProcessor<int, int> _processor = BatchProcessor.Create(NoOpHandler.Instance, new BatchingOptions
     {
         MaxBatchSize = OverheadBenchmarks.MaxBatchSize,
         FlushPolicy = policy,
+        InlineWhenIdle = inlineWhenIdle,
     });
 
     public override ValueTask<int> CallAsync(int caller, int input) => _processor.ProcessAsync(input);
