@@ -34,9 +34,9 @@ public sealed class BatchingOptions
 
     /// <summary>
     /// The longest a queued item waits before its batch is dispatched, measured from the item's arrival and never
-    /// reset by later arrivals. Every flush policy works within this bound. Honoured to the resolution of the
-    /// <see cref="System.TimeProvider"/>'s timers: the system timers tick with the kernel's coarse clock, every 1 to
-    /// 4 ms on Linux and about 15.6 ms on Windows, so a shorter MaxDelay waits one tick.
+    /// reset by later arrivals. Every flush policy works within this bound. With the system clock it is honoured to
+    /// about a millisecond (a dedicated thread waits on the precise monotonic clock, because .NET timers tick every
+    /// 1 to 4 ms on Linux and 15.6 ms on Windows); with another <see cref="System.TimeProvider"/>, to its timers.
     /// </summary>
     /// <value>Default: 1 ms. Allowed: <see cref="TimeSpan.Zero"/> (dispatch at once) to 1 hour.</value>
     public TimeSpan MaxDelay { get; set; } = DefaultMaxDelay;

@@ -60,7 +60,7 @@ public class FailureTests
 
         foreach (int i in Enumerable.Range(0, 8).Except(failed))
         {
-            Assert.Equal(RecordingHandler.Expected(i), calls[i].Result);
+            Assert.Equal(RecordingHandler.Expected(i), await calls[i]);
         }
 
         var poisoned = await Assert.ThrowsAsync<BatchExecutionException>(() => calls[5]);

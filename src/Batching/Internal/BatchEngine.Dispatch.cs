@@ -179,11 +179,6 @@ internal sealed partial class BatchEngine<TIn, TOut>
             return;
         }
 
-        if (_coarseTimer)
-        {
-            delay = TimeSpan.FromMilliseconds(Math.Ceiling(delay.TotalMilliseconds));
-        }
-
         long now = Time.GetTimestamp();
         long due = now + (long)(delay.TotalSeconds * Time.TimestampFrequency);
 
@@ -194,7 +189,14 @@ internal sealed partial class BatchEngine<TIn, TOut>
         }
 
         _timerDueTimestamp = due;
-        _timer.Change(delay, Timeout.InfiniteTimeSpan);
+        if (_preciseDeadlines)
+        {
+            DeadlineScheduler.Schedule(this, due);
+        }
+        else
+        {
+            _timer!.Change(delay, Timeout.InfiniteTimeSpan);
+        }
     }
 
     private Batch<TIn, TOut> TakeBatchLocked(int count)

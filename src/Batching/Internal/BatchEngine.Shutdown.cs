@@ -76,7 +76,12 @@ internal sealed partial class BatchEngine<TIn, TOut>
             Abort($"The batch processor was disposed and this item did not finish within ShutdownTimeout ({timeout}).");
         }
 
-        _timer.Dispose();
+        _timer?.Dispose();
+        if (_preciseDeadlines)
+        {
+            DeadlineScheduler.Cancel(this);
+        }
+
         Telemetry.Dispose();
         lock (_lock)
         {

@@ -21,7 +21,7 @@ namespace Batching.Internal;
 /// MaxDelay bound or the policy's wait. Producers signal only when that condition is met, so a busy queue costs
 /// the dispatcher no wake-ups per item.</para>
 /// </remarks>
-internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut>, IBatchingHealthContributor
+internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut>, IBatchingHealthContributor, IDeadlineTarget
 {
     private readonly object _lock = new();
     private readonly AsyncSignal _signal = new();
@@ -29,7 +29,7 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
     private readonly Stack<Batch<TIn, TOut>> _batchPool = new();
     private readonly List<Batch<TIn, TOut>> _running = [];
     private readonly FlushPolicy _policy;
-    private readonly ITimer _timer;
+    private readonly ITimer? _timer;
     private readonly long _startTimestamp;
     private readonly int _maxBatchSize;
     private readonly TimeSpan _maxDelay;
@@ -37,7 +37,7 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
     private readonly int _maxConcurrentBatches;
     private readonly bool _rejectWhenFull;
     private readonly OutputCheck _outputCheck;
-    private readonly bool _coarseTimer;
+    private readonly bool _preciseDeadlines;
     private readonly bool _inlineWhenIdle;
     private readonly Task _dispatcher;
     private readonly Func<int, Exception> _timeoutFailure;
@@ -73,11 +73,11 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
         ExecutionTimeout = options.ExecutionTimeout;
         PoisonIsolationDepth = options.PoisonIsolationDepth;
 
-        // The system timer fires on whole milliseconds and truncates shorter waits to zero; rounding up
-        // avoids spinning through zero-length timers while the oldest item's MaxDelay runs out.
-        _coarseTimer = timeProvider == TimeProvider.System;
+        // The system clock's timers tick every 1 to 4 ms (15.6 ms on Windows): MaxDelay deadlines go to the shared
+        // DeadlineScheduler instead. Any other clock (fake time in tests, a custom provider) keeps its own timers.
+        _preciseDeadlines = timeProvider == TimeProvider.System;
         _timeoutFailure = TimeoutFailure;
-        _timer = timeProvider.CreateTimer(static s => ((BatchEngine<TIn, TOut>)s!).OnTimer(), this, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+        _timer = _preciseDeadlines ? null : timeProvider.CreateTimer(static s => ((BatchEngine<TIn, TOut>)s!).OnTimer(), this, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
         _startTimestamp = timeProvider.GetTimestamp();
         Logger = (loggerFactory ?? NullLoggerFactory.Instance).CreateLogger("Batching.BatchProcessor");
         Telemetry = new ProcessorTelemetry(DisplayName, _policy.Name, meterFactory, () => QueuedItems, () => InFlightBatches);
@@ -235,6 +235,8 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
         request.RegisterCancellation(cancellationToken);
         return result;
     }
+
+    void IDeadlineTarget.OnDeadline() => OnTimer();
 
     private void OnTimer()
     {
