@@ -222,7 +222,8 @@ internal sealed partial class BatchEngine<TIn, TOut>
         return batch;
     }
 
-    internal void OnBatchFinished(Batch<TIn, TOut> batch, int count, TimeSpan duration, bool succeeded, bool slotHeld)
+    /// <summary>A handler call is over: free its slot (unless the timeout already did) and let the policy learn from it.</summary>
+    internal void OnHandlerEnded(Batch<TIn, TOut> batch, int count, TimeSpan duration, bool succeeded, bool slotHeld)
     {
         bool wake;
         lock (_lock)
@@ -242,17 +243,24 @@ internal sealed partial class BatchEngine<TIn, TOut>
                 // A custom policy's bookkeeping error must not break batch completion.
             }
 
-            if (!_aborted)
-            {
-                _batchPool.Push(batch);
-            }
-
             wake = SlotFreedLocked();
         }
 
         if (wake)
         {
             _signal.Set();
+        }
+    }
+
+    /// <summary>The batch's callers are done with its buffers: it can carry another batch.</summary>
+    internal void ReturnBatch(Batch<TIn, TOut> batch)
+    {
+        lock (_lock)
+        {
+            if (!_aborted)
+            {
+                _batchPool.Push(batch);
+            }
         }
     }
 
