@@ -85,18 +85,6 @@ public sealed class BatchingOptions
     /// <value>Default: <see langword="false"/>.</value>
     public bool InlineWhenIdle { get; set; }
 
-    /// <summary>
-    /// How a finished batch resumes its callers. By default each caller's continuation is queued to the thread pool
-    /// on its own (one work item per request), so no caller can delay another. When <see langword="true"/>, one
-    /// pool thread (never the dispatcher, and after the batch's slot is freed) resumes them one after another,
-    /// inline: about 1.5 to 2 times the throughput at high concurrency with a cheap handler. The price: each caller runs
-    /// on that thread until its first await before the next caller of the same batch is resumed, so a continuation
-    /// that blocks delays the rest of its batch, and one that synchronously waits for another item of the same batch
-    /// (<c>.Result</c>, <c>.Wait()</c>) deadlocks. Turn it on only when callers await all the way.
-    /// </summary>
-    /// <value>Default: <see langword="false"/>.</value>
-    public bool ResumeCallersInline { get; set; }
-
     /// <summary>How outputs the handler left unwritten are detected.</summary>
     /// <value>Default: <see cref="Batching.OutputCheck.RejectNull"/>.</value>
     public OutputCheck OutputCheck { get; set; } = OutputCheck.RejectNull;

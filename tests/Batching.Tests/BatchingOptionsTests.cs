@@ -16,7 +16,6 @@ public class BatchingOptionsTests
         Assert.Equal(0, options.PoisonIsolationDepth);
         Assert.Equal(OutputCheck.RejectNull, options.OutputCheck);
         Assert.False(options.InlineWhenIdle);
-        Assert.False(options.ResumeCallersInline);
         Assert.Same(FlushPolicy.Deadline, options.FlushPolicy);
         Assert.Null(options.TimeProvider);
         Assert.Null(options.Name);

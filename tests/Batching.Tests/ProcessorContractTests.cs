@@ -66,11 +66,6 @@ public abstract class ProcessorContractTests
 {
     protected abstract FlushPolicy PolicyFor(int maxBatchSize);
 
-    /// <summary>Engine settings a subclass varies besides the policy.</summary>
-    protected virtual void Configure(BatchingOptions options)
-    {
-    }
-
     [Property(Arbitrary = [typeof(Arbitraries)], MaxTest = 40)]
     public async Task Every_caller_completes_exactly_once_with_its_own_output(Workload workload)
     {
@@ -83,7 +78,6 @@ public abstract class ProcessorContractTests
             PoisonIsolationDepth = workload.IsolationDepth,
             FlushPolicy = PolicyFor(workload.MaxBatchSize),
         };
-        Configure(options);
         var processor = BatchProcessor.Create<int, int>(handler.HandleAsync, options);
         var calls = new Task<int>[workload.Items.Length];
         var sources = new CancellationTokenSource[workload.Items.Length];
@@ -180,16 +174,14 @@ public abstract class ProcessorContractTests
         var time = new FakeTimeProvider();
         var handler = new RecordingHandler(time);
         var maxDelay = step * schedule.MaxDelaySteps;
-        var scheduleOptions = new BatchingOptions
+        var processor = BatchProcessor.Create(handler.Handler, new BatchingOptions
         {
             MaxBatchSize = schedule.MaxBatchSize,
             MaxDelay = maxDelay,
             FlushPolicy = PolicyFor(schedule.MaxBatchSize),
             TimeProvider = time,
             ExecutionTimeout = Timeout.InfiniteTimeSpan,
-        };
-        Configure(scheduleOptions);
-        var processor = BatchProcessor.Create(handler.Handler, scheduleOptions);
+        });
         var arrivals = new Dictionary<int, DateTimeOffset>();
         var calls = new List<Task<int>>();
         for (int i = 0; i < schedule.Gaps.Length; i++)
@@ -301,22 +293,4 @@ public sealed class SizePolicyContractTests : ProcessorContractTests
 public sealed class AdaptivePolicyContractTests : ProcessorContractTests
 {
     protected override FlushPolicy PolicyFor(int maxBatchSize) => FlushPolicy.Adaptive();
-}
-
-public sealed class DeadlineResumingInlineContractTests : ProcessorContractTests
-{
-    protected override FlushPolicy PolicyFor(int maxBatchSize) => FlushPolicy.Deadline;
-
-    protected override void Configure(BatchingOptions options) => options.ResumeCallersInline = true;
-}
-
-public sealed class AdaptiveResumingInlineContractTests : ProcessorContractTests
-{
-    protected override FlushPolicy PolicyFor(int maxBatchSize) => FlushPolicy.Adaptive();
-
-    protected override void Configure(BatchingOptions options)
-    {
-        options.ResumeCallersInline = true;
-        options.InlineWhenIdle = true;
-    }
 }

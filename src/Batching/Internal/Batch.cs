@@ -34,8 +34,6 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
     private bool _slotReleased;
     private bool _cancelRequested;
     private int _timerArmed;
-    private Exception? _pendingError;
-    private bool _callersReleasedAtEnd;
     private string? _outcome;
     private Activity? _activity;
 
@@ -46,15 +44,6 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
         Outputs = new TOut[capacity];
         Items = new Request<TIn, TOut>[capacity];
         _onHandlerCompleted = OnHandlerCompletedAsynchronously;
-        _resumer = new Resumer(this);
-    }
-
-    private readonly Resumer _resumer;
-
-    /// <summary>The work item that resumes a finished batch's callers (the batch itself is the work item that starts it).</summary>
-    private sealed class Resumer(Batch<TIn, TOut> batch) : IThreadPoolWorkItem
-    {
-        public void Execute() => batch.ResumeCallers();
     }
 
     public TIn[] Inputs { get; }
@@ -308,61 +297,8 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
             return;
         }
 
-        if (_engine.ResumeCallersInline)
-        {
-            // Free the slot now; one pool thread (never the dispatcher) then resumes the callers one after another.
-            _pendingError = error;
-            _callersReleasedAtEnd = EndHandler(duration, error is null);
-            ThreadPool.UnsafeQueueUserWorkItem(_resumer, preferLocal: false);
-            return;
-        }
-
         CompleteRange(0, Count, error);
         Finish(duration, error is null);
-    }
-
-    /// <summary>
-    /// <see cref="BatchingOptions.ResumeCallersInline"/>: hands out the outputs with inline continuations, so each
-    /// caller runs on this thread until its first await. The handler has returned and the batch no longer counts as
-    /// running, so neither the timeout nor shutdown iterates the items any more; no lock is held while callers run.
-    /// </summary>
-    private void ResumeCallers()
-    {
-        Exception? error = _pendingError;
-        _pendingError = null;
-        if (!_callersReleasedAtEnd)
-        {
-            int completed = 0, failed = 0, count = Count;
-            for (int i = 0; i < count; i++)
-            {
-                Request<TIn, TOut> item = Items[i];
-                if (!item.TryClaimFromBatch())
-                {
-                    continue;
-                }
-
-                if (error is not null)
-                {
-                    item.SetException(_engine.HandlerFailure(error, count), inline: true);
-                    failed++;
-                }
-                else if (_engine.IsMissing(Outputs[i]))
-                {
-                    item.SetException(_engine.MissingOutput(i, count), inline: true);
-                    failed++;
-                }
-                else
-                {
-                    item.SetResult(Outputs[i], inline: true);
-                    completed++;
-                }
-            }
-
-            _engine.Telemetry.RequestsFinished(Outcomes.Completed, completed);
-            _engine.Telemetry.RequestsFinished(Outcomes.Failed, failed);
-        }
-
-        Recycle();
     }
 
     /// <summary>Hands outputs (or the failure) to the callers of items [start, end) that nobody completed yet.</summary>
@@ -459,47 +395,14 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
 
     private void Finish(TimeSpan duration, bool succeeded)
     {
-        EndHandler(duration, succeeded);
-        Recycle();
-    }
-
-    /// <summary>The handler call is over: the batch stops counting as running and frees its slot. Returns whether the
-    /// timeout or shutdown had already released the callers.</summary>
-    private bool EndHandler(TimeSpan duration, bool succeeded)
-    {
-        bool slotHeld, callersReleased;
+        int count = Count;
+        bool slotHeld;
         string outcome;
         lock (_sync)
         {
             _running = false;
             slotHeld = !_slotReleased;
-            callersReleased = _callersReleased;
             outcome = _outcome ?? (succeeded ? Outcomes.Success : _cts.IsCancellationRequested ? Outcomes.Cancelled : Outcomes.Failure);
-        }
-
-        _engine.Telemetry.BatchFinished(duration, outcome);
-        if (_activity is { } activity)
-        {
-            _activity = null;
-            activity.SetTag(BatchingTelemetry.BatchOutcomeTag, outcome);
-            if (outcome != Outcomes.Success)
-            {
-                activity.SetStatus(ActivityStatusCode.Error, outcome);
-            }
-
-            activity.Stop();
-        }
-
-        _engine.OnHandlerEnded(this, Count, duration, succeeded, slotHeld);
-        return callersReleased;
-    }
-
-    /// <summary>Releases the items (which lets them be recycled) and returns the batch to the pool.</summary>
-    private void Recycle()
-    {
-        int count = Count;
-        lock (_sync)
-        {
             for (int i = 0; i < count; i++)
             {
                 Items[i].Release();
@@ -519,7 +422,20 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
             Array.Clear(Outputs, 0, count);
         }
 
-        _engine.ReturnBatch(this);
+        _engine.Telemetry.BatchFinished(duration, outcome);
+        if (_activity is { } activity)
+        {
+            _activity = null;
+            activity.SetTag(BatchingTelemetry.BatchOutcomeTag, outcome);
+            if (outcome != Outcomes.Success)
+            {
+                activity.SetStatus(ActivityStatusCode.Error, outcome);
+            }
+
+            activity.Stop();
+        }
+
+        _engine.OnBatchFinished(this, count, duration, succeeded, slotHeld);
     }
 
     private void ArmTimer()

@@ -222,8 +222,7 @@ internal sealed partial class BatchEngine<TIn, TOut>
         return batch;
     }
 
-    /// <summary>A handler call is over: free its slot (unless the timeout already did) and let the policy learn from it.</summary>
-    internal void OnHandlerEnded(Batch<TIn, TOut> batch, int count, TimeSpan duration, bool succeeded, bool slotHeld)
+    internal void OnBatchFinished(Batch<TIn, TOut> batch, int count, TimeSpan duration, bool succeeded, bool slotHeld)
     {
         bool wake;
         lock (_lock)
@@ -243,24 +242,17 @@ internal sealed partial class BatchEngine<TIn, TOut>
                 // A custom policy's bookkeeping error must not break batch completion.
             }
 
+            if (!_aborted)
+            {
+                _batchPool.Push(batch);
+            }
+
             wake = SlotFreedLocked();
         }
 
         if (wake)
         {
             _signal.Set();
-        }
-    }
-
-    /// <summary>The batch's callers are done with its buffers: it can carry another batch.</summary>
-    internal void ReturnBatch(Batch<TIn, TOut> batch)
-    {
-        lock (_lock)
-        {
-            if (!_aborted)
-            {
-                _batchPool.Push(batch);
-            }
         }
     }
 

@@ -72,7 +72,6 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
         _inlineWhenIdle = options.InlineWhenIdle;
         ExecutionTimeout = options.ExecutionTimeout;
         PoisonIsolationDepth = options.PoisonIsolationDepth;
-        ResumeCallersInline = options.ResumeCallersInline;
 
         // The system clock's timers tick every 1 to 4 ms (15.6 ms on Windows): MaxDelay deadlines go to the shared
         // DeadlineScheduler instead. Any other clock (fake time in tests, a custom provider) keeps its own timers.
@@ -136,8 +135,6 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
     public TimeSpan ExecutionTimeout { get; }
 
     public int PoisonIsolationDepth { get; }
-
-    public bool ResumeCallersInline { get; }
 
     public FlushPolicy Policy => _policy;
 

@@ -86,22 +86,6 @@ internal sealed class Request<TIn, TOut> : IValueTaskSource<TOut>
 
     public void SetException(Exception exception) => _core.SetException(exception);
 
-    /// <summary>Completes with the caller's continuation run on this thread, or queued as usual when <paramref name="inline"/> is false.</summary>
-    public void SetResult(TOut result, bool inline)
-    {
-        _core.RunContinuationsAsynchronously = !inline;
-        _core.SetResult(result);
-        _core.RunContinuationsAsynchronously = true;
-    }
-
-    /// <summary>Fails with the caller's continuation run on this thread, or queued as usual when <paramref name="inline"/> is false.</summary>
-    public void SetException(Exception exception, bool inline)
-    {
-        _core.RunContinuationsAsynchronously = !inline;
-        _core.SetException(exception);
-        _core.RunContinuationsAsynchronously = true;
-    }
-
     /// <summary>Drops one owner's reference; the last one resets the request and returns it to the pool.</summary>
     public void Release()
     {

@@ -187,59 +187,6 @@ public class FlushTimingTests
     }
 
     [Fact]
-    public async Task With_ResumeCallersInline_the_callers_of_one_batch_resume_on_one_thread()
-    {
-        var handler = new RecordingHandler();
-        await using var processor = BatchProcessor.Create(handler.Handler, new BatchingOptions
-        {
-            MaxBatchSize = 4,
-            MaxDelay = TimeSpan.FromSeconds(5),
-            ResumeCallersInline = true,
-        });
-
-        async Task<int> CallAsync(int input)
-        {
-            // Without ConfigureAwait(false) the continuation would be posted to the test framework's context.
-            await processor.ProcessAsync(input).ConfigureAwait(false);
-            return Environment.CurrentManagedThreadId;
-        }
-
-        int[] threads = await Task.WhenAll(Enumerable.Range(0, 4).Select(CallAsync)).WithinBoundAsync();
-
-        Assert.Single(handler.Calls);
-        Assert.Single(threads.Distinct());
-    }
-
-    [Fact]
-    public async Task With_ResumeCallersInline_a_blocked_caller_does_not_hold_the_next_batch()
-    {
-        var handler = new RecordingHandler();
-        await using var processor = BatchProcessor.Create(handler.Handler, new BatchingOptions
-        {
-            MaxBatchSize = 1,
-            MaxDelay = TimeSpan.Zero,
-            ResumeCallersInline = true,
-        });
-        using var otherDone = new ManualResetEventSlim();
-        var inContinuation = new TaskCompletionSource();
-
-        async Task BlockingCallerAsync()
-        {
-            await processor.ProcessAsync(1).ConfigureAwait(false);
-            inContinuation.SetResult();
-            otherDone.Wait(Wait.Bound); // blocks the thread that resumed it
-        }
-
-        Task blocked = BlockingCallerAsync();
-        await inContinuation.Task.WithinBoundAsync();
-
-        // The slot was freed before the callers were resumed, so the next batch runs and resumes elsewhere.
-        Assert.Equal(5, await processor.ProcessAsync(2).WithinBoundAsync());
-        otherDone.Set();
-        await blocked.WithinBoundAsync();
-    }
-
-    [Fact]
     public async Task Adaptive_batches_grow_while_the_previous_batch_runs()
     {
         var (processor, handler, _) = Create(FlushPolicy.Adaptive(), maxBatchSize: 100);
