@@ -41,8 +41,6 @@ internal sealed class ProcessorTelemetry : IDisposable
         _meter.CreateObservableUpDownCounter("batching.batches.in_flight", () => new Measurement<int>(inFlightBatches(), tags), "{batch}", "Batches whose handler call is running.");
     }
 
-    public string ProcessorName => (string)_processor.Value!;
-
     public bool QueueWaitEnabled => _queueWait.Enabled;
 
     public void RequestsFinished(string outcome, int count)

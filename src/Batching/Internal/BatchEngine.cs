@@ -136,8 +136,6 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
 
     public int PoisonIsolationDepth { get; }
 
-    public FlushPolicy Policy => _policy;
-
     /// <summary>Items waiting in the queue (not those waiting for space, nor those in running batches).</summary>
     public int QueuedItems => Volatile.Read(ref _queuedItems);
 

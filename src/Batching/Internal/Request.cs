@@ -60,8 +60,6 @@ internal sealed class Request<TIn, TOut> : IValueTaskSource<TOut>
         set => Volatile.Write(ref _state, (int)value);
     }
 
-    public short Version => _core.Version;
-
     public ValueTask<TOut> AsValueTask() => new(this, _core.Version);
 
     public void Prepare(TIn input)

@@ -48,8 +48,6 @@ internal sealed class AdaptiveFlushPolicy : FlushPolicy
 
     internal BatchCostModel Model => _model;
 
-    internal double ArrivalsPerSecond => _arrivalsPerSecond;
-
     public override FlushPolicy CreateInstance() => new AdaptiveFlushPolicy(_options);
 
     public override void Validate(BatchingOptions options)
