@@ -5,9 +5,9 @@
 // usage: Batching.Benchmarks.Gpu [--seconds 3] [--callers 4000] [--batch 100] [--width 256]
 using System.Diagnostics;
 using Batching;
-using Batching.Benchmarks.Gpu;
 using Batching.Ilgpu;
 using Batching.Ilgpu.Internal;
+using GpuInference;
 using ILGPU;
 using ILGPU.Algorithms;
 using ILGPU.Runtime;

@@ -5,12 +5,13 @@ namespace Batching.Tests;
 
 public class BackpressureTests
 {
-    private static (IBatchProcessor<int, int>, RecordingHandler, TaskCompletionSource) CreateBlocked(QueueFullMode mode)
+    /// <summary>A processor whose first batch (items 0 and 1) is running and blocked on the gate, with an empty queue of capacity 2.</summary>
+    private static async Task<(BatchEngine<int, int> Engine, RecordingHandler Handler, TaskCompletionSource Gate, Task<int>[] Running)> StartBlockedAsync(QueueFullMode mode)
     {
         var handler = new RecordingHandler();
         var gate = new TaskCompletionSource();
         handler.Gate = gate.Task;
-        var processor = BatchProcessor.Create(handler.Handler, new BatchingOptions
+        var engine = (BatchEngine<int, int>)BatchProcessor.Create(handler.Handler, new BatchingOptions
         {
             MaxBatchSize = 2,
             QueueCapacity = 2,
@@ -19,17 +20,17 @@ public class BackpressureTests
             // Long enough that the first two calls always form one full batch, short enough for a lone straggler.
             MaxDelay = TimeSpan.FromMilliseconds(50),
         });
-        return (processor, handler, gate);
+        var running = new[] { engine.ProcessAsync(0).AsTask(), engine.ProcessAsync(1).AsTask() };
+        await handler.Started.WaitAsync(Wait.Bound);
+        await Wait.UntilAsync(() => engine.QueuedItems == 0, "the first batch leaves the queue");
+        return (engine, handler, gate, running);
     }
 
     [Fact]
     public async Task Reject_mode_throws_at_once_when_full_and_loses_nothing_accepted()
     {
-        var (processor, handler, gate) = CreateBlocked(QueueFullMode.Reject);
+        var (processor, handler, gate, running) = await StartBlockedAsync(QueueFullMode.Reject);
         await using var _ = processor;
-        var running = new[] { processor.ProcessAsync(0).AsTask(), processor.ProcessAsync(1).AsTask() };
-        await handler.Started.WaitAsync(Wait.Bound);
-        await Wait.UntilAsync(() => ((BatchEngine<int, int>)processor).QueuedItems == 0, "the first batch leaves the queue");
         var queued = new[] { processor.ProcessAsync(2).AsTask(), processor.ProcessAsync(3).AsTask() };
 
         ValueTask<int> rejected = processor.ProcessAsync(4);
@@ -47,12 +48,9 @@ public class BackpressureTests
     [Fact]
     public async Task Wait_mode_waits_for_space_in_arrival_order()
     {
-        var (processor, handler, gate) = CreateBlocked(QueueFullMode.Wait);
-        await using var _ = processor;
-        var engine = (BatchEngine<int, int>)processor;
-        var running = new[] { processor.ProcessAsync(0).AsTask(), processor.ProcessAsync(1).AsTask() };
-        await handler.Started.WaitAsync(Wait.Bound);
-        await Wait.UntilAsync(() => engine.QueuedItems == 0, "the first batch leaves the queue");
+        var (engine, handler, gate, running) = await StartBlockedAsync(QueueFullMode.Wait);
+        await using var _ = engine;
+        var processor = engine;
         var rest = Enumerable.Range(2, 5).Select(i => processor.ProcessAsync(i).AsTask()).ToArray();
 
         Assert.Equal(2, engine.QueuedItems);
@@ -68,12 +66,9 @@ public class BackpressureTests
     [Fact]
     public async Task Waiting_for_space_is_cancellable_and_the_item_never_runs()
     {
-        var (processor, handler, gate) = CreateBlocked(QueueFullMode.Wait);
-        await using var _ = processor;
-        var engine = (BatchEngine<int, int>)processor;
-        var running = new[] { processor.ProcessAsync(0).AsTask(), processor.ProcessAsync(1).AsTask() };
-        await handler.Started.WaitAsync(Wait.Bound);
-        await Wait.UntilAsync(() => engine.QueuedItems == 0, "the first batch leaves the queue");
+        var (engine, handler, gate, running) = await StartBlockedAsync(QueueFullMode.Wait);
+        await using var _ = engine;
+        var processor = engine;
         var queued = new[] { processor.ProcessAsync(2).AsTask(), processor.ProcessAsync(3).AsTask() };
         using var cts = new CancellationTokenSource();
         var waiting = processor.ProcessAsync(99, cts.Token).AsTask();

@@ -134,7 +134,8 @@ public static class BatchingBuilderExtensions
 
     private static IBatchProcessor<TIn, TOut> Build<TIn, TOut>(IServiceProvider services, string optionsName, Func<IServiceProvider, BatchHandler<TIn, TOut>> handlerFactory)
     {
-        BatchingOptions options = services.GetRequiredService<IOptionsMonitor<BatchingOptions>>().Get(optionsName);
+        // A copy: the monitor's instance is shared and must not be changed by building a processor from it.
+        BatchingOptions options = services.GetRequiredService<IOptionsMonitor<BatchingOptions>>().Get(optionsName).Clone();
         if (string.IsNullOrEmpty(options.Name))
         {
             options.Name = optionsName.StartsWith("Batching:", StringComparison.Ordinal) ? $"{typeof(TIn).Name}->{typeof(TOut).Name}" : optionsName;
