@@ -33,10 +33,11 @@ public sealed class BatchingOptions
     public int MaxBatchSize { get; set; } = DefaultMaxBatchSize;
 
     /// <summary>
-    /// The longest a queued item waits before its batch is dispatched, measured from the item's arrival and never
-    /// reset by later arrivals. Every flush policy works within this bound. With the system clock it is honoured to
-    /// about a millisecond (a dedicated thread waits on the precise monotonic clock, because .NET timers tick every
-    /// 1 to 4 ms on Linux and 15.6 ms on Windows); with another <see cref="System.TimeProvider"/>, to its timers.
+    /// The longest a queued item waits before its batch is dispatched, measured from the moment its caller called
+    /// <c>ProcessAsync</c> (time spent waiting for queue space included) and never reset by later arrivals. Every flush
+    /// policy works within this bound. With the system clock it is honoured to about a millisecond (a dedicated thread
+    /// waits on the precise monotonic clock, because .NET timers tick every 1 to 4 ms on Linux and 15.6 ms on Windows);
+    /// with another <see cref="System.TimeProvider"/>, to its timers.
     /// </summary>
     /// <value>Default: 1 ms. Allowed: <see cref="TimeSpan.Zero"/> (dispatch at once) to 1 hour.</value>
     public TimeSpan MaxDelay { get; set; } = DefaultMaxDelay;
@@ -56,13 +57,14 @@ public sealed class BatchingOptions
     /// <summary>
     /// How long one batch may run. Past it, the handler's token is cancelled, the batch's callers receive
     /// <see cref="TimeoutException"/>, and the batch's slot is freed so the processor keeps serving even if the
-    /// handler ignores its token (its buffers are not reused until it returns).
+    /// handler ignores its token (its buffers are not reused until it returns). Any length works, however long
+    /// (timers are re-armed in steps past the 49.7 days one .NET timer can wait).
     /// </summary>
-    /// <value>Default: 30 s. Allowed: more than zero, or <see cref="Timeout.InfiniteTimeSpan"/>.</value>
+    /// <value>Default: 30 s. Allowed: more than zero (up to <see cref="TimeSpan.MaxValue"/>), or <see cref="Timeout.InfiniteTimeSpan"/>.</value>
     public TimeSpan ExecutionTimeout { get; set; } = DefaultExecutionTimeout;
 
     /// <summary>How long <see cref="IAsyncDisposable.DisposeAsync"/> lets queued and running batches finish before it fails what is left.</summary>
-    /// <value>Default: 10 s. Allowed: <see cref="TimeSpan.Zero"/> or more, or <see cref="Timeout.InfiniteTimeSpan"/>.</value>
+    /// <value>Default: 10 s. Allowed: <see cref="TimeSpan.Zero"/> or more (up to <see cref="TimeSpan.MaxValue"/>), or <see cref="Timeout.InfiniteTimeSpan"/>.</value>
     public TimeSpan ShutdownTimeout { get; set; } = DefaultShutdownTimeout;
 
     /// <summary>
@@ -80,7 +82,8 @@ public sealed class BatchingOptions
     /// of a few), and a synchronous handler completes the call before <see cref="IBatchProcessor{TIn, TOut}.ProcessAsync"/>
     /// returns. The price: a handler that blocks its thread then holds that caller inside <c>ProcessAsync</c> for as
     /// long as it blocks, deaf to the caller's token and to <see cref="ExecutionTimeout"/>. Turn it on for handlers
-    /// that are asynchronous (a GPU launch, an I/O call) or quick.
+    /// that are asynchronous (a GPU launch, an I/O call) or quick. The handler still runs in the clean
+    /// ExecutionContext and its own batch activity, never in the caller's.
     /// </summary>
     /// <value>Default: <see langword="false"/>.</value>
     public bool InlineWhenIdle { get; set; }
@@ -89,10 +92,12 @@ public sealed class BatchingOptions
     /// <value>Default: <see cref="Batching.OutputCheck.RejectNull"/>.</value>
     public OutputCheck OutputCheck { get; set; } = OutputCheck.RejectNull;
 
-    /// <summary>When queued items become a batch. Use <see cref="FlushPolicy.Deadline"/>,
-    /// <see cref="FlushPolicy.Size"/>, <see cref="FlushPolicy.Adaptive"/> or your own subclass.</summary>
-    /// <value>Default: <see cref="FlushPolicy.Deadline"/>.</value>
-    public FlushPolicy FlushPolicy { get; set; } = FlushPolicy.Deadline;
+    /// <summary>When queued items become a batch. Use <see cref="FlushPolicy.Adaptive"/>, <see cref="FlushPolicy.Deadline"/>,
+    /// <see cref="FlushPolicy.Size"/> or your own subclass.</summary>
+    /// <value>Default: <see cref="FlushPolicy.Adaptive"/> with default <see cref="AdaptiveFlushOptions"/>: no wait at
+    /// low load, batches that grow with load. (Before version 0.2 the default was <see cref="FlushPolicy.Deadline"/>,
+    /// which waits out <see cref="MaxDelay"/> on every partial batch.)</value>
+    public FlushPolicy FlushPolicy { get; set; } = FlushPolicy.Adaptive();
 
     /// <summary>The clock for delays and timeouts. <see langword="null"/> uses the container's <see cref="System.TimeProvider"/>, else <see cref="TimeProvider.System"/>.</summary>
     /// <value>Default: <see langword="null"/>.</value>
@@ -113,7 +118,7 @@ public sealed class BatchingOptions
         Require(Enum.IsDefined(OutputCheck), nameof(OutputCheck), "must be RejectNull, RejectDefault or None", OutputCheck);
         if (FlushPolicy is null)
         {
-            throw new ArgumentNullException(nameof(FlushPolicy), "BatchingOptions.FlushPolicy must not be null; use FlushPolicy.Deadline, Size or Adaptive.");
+            throw new ArgumentNullException(nameof(FlushPolicy), "BatchingOptions.FlushPolicy must not be null; use FlushPolicy.Adaptive, Deadline or Size.");
         }
 
         FlushPolicy.Validate(this);

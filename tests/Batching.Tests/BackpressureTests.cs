@@ -19,6 +19,7 @@ public class BackpressureTests
 
             // Long enough that the first two calls always form one full batch, short enough for a lone straggler.
             MaxDelay = TimeSpan.FromMilliseconds(50),
+            FlushPolicy = FlushPolicy.Deadline,
         });
         var running = new[] { engine.ProcessAsync(0).AsTask(), engine.ProcessAsync(1).AsTask() };
         await handler.Started.WaitAsync(Wait.Bound);

@@ -16,7 +16,8 @@ public class BatchingOptionsTests
         Assert.Equal(0, options.PoisonIsolationDepth);
         Assert.Equal(OutputCheck.RejectNull, options.OutputCheck);
         Assert.False(options.InlineWhenIdle);
-        Assert.Same(FlushPolicy.Deadline, options.FlushPolicy);
+        Assert.Equal("adaptive", options.FlushPolicy.Name);
+        Assert.NotSame(options.FlushPolicy.CreateInstance(), options.FlushPolicy.CreateInstance());
         Assert.Null(options.TimeProvider);
         Assert.Null(options.Name);
         options.Validate();

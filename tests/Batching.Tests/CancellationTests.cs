@@ -10,7 +10,7 @@ public class CancellationTests
     {
         var time = new FakeTimeProvider();
         var handler = new RecordingHandler(time);
-        await using var processor = BatchProcessor.Create(handler.Handler, new BatchingOptions { MaxDelay = TimeSpan.FromMilliseconds(5), TimeProvider = time });
+        await using var processor = BatchProcessor.Create(handler.Handler, new BatchingOptions { MaxDelay = TimeSpan.FromMilliseconds(5), TimeProvider = time, FlushPolicy = FlushPolicy.Deadline });
         using var cts = new CancellationTokenSource();
         var before = processor.ProcessAsync(1);
         var cancelled = processor.ProcessAsync(2, cts.Token);
@@ -33,7 +33,7 @@ public class CancellationTests
         var handler = new RecordingHandler();
         var gate = new TaskCompletionSource();
         handler.Gate = gate.Task;
-        await using var processor = BatchProcessor.Create(handler.Handler, new BatchingOptions { MaxBatchSize = 2, MaxDelay = TimeSpan.FromMilliseconds(500) });
+        await using var processor = BatchProcessor.Create(handler.Handler, new BatchingOptions { MaxBatchSize = 2, MaxDelay = TimeSpan.FromMilliseconds(500), FlushPolicy = FlushPolicy.Deadline });
         using var cts = new CancellationTokenSource();
         var cancelled = processor.ProcessAsync(1, cts.Token);
         var kept = processor.ProcessAsync(2);
@@ -53,7 +53,7 @@ public class CancellationTests
     {
         var handler = new RecordingHandler();
         handler.Gate = new TaskCompletionSource().Task; // never opens: only cancellation ends the call
-        await using var processor = BatchProcessor.Create(handler.Handler, new BatchingOptions { MaxBatchSize = 2, MaxDelay = TimeSpan.FromMilliseconds(500) });
+        await using var processor = BatchProcessor.Create(handler.Handler, new BatchingOptions { MaxBatchSize = 2, MaxDelay = TimeSpan.FromMilliseconds(500), FlushPolicy = FlushPolicy.Deadline });
         using var first = new CancellationTokenSource();
         using var second = new CancellationTokenSource();
         var a = processor.ProcessAsync(1, first.Token);

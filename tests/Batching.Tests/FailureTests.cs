@@ -9,7 +9,7 @@ public class FailureTests
     public async Task A_throwing_handler_fails_every_caller_of_the_batch_and_the_processor_keeps_serving()
     {
         var handler = new RecordingHandler { IsPoison = x => x == 3 };
-        await using var processor = BatchProcessor.Create(handler.Handler, new BatchingOptions { MaxBatchSize = 4, MaxDelay = TimeSpan.FromSeconds(5) });
+        await using var processor = BatchProcessor.Create(handler.Handler, new BatchingOptions { MaxBatchSize = 4, MaxDelay = TimeSpan.FromSeconds(5), FlushPolicy = FlushPolicy.Deadline });
         var calls = Enumerable.Range(0, 4).Select(i => processor.ProcessAsync(i).AsTask()).ToArray();
 
         foreach (var call in calls)
@@ -89,7 +89,7 @@ public class FailureTests
 
             return ValueTask.CompletedTask;
         };
-        await using var processor = BatchProcessor.Create(handler, new BatchingOptions { MaxBatchSize = 4, MaxDelay = TimeSpan.FromSeconds(5) });
+        await using var processor = BatchProcessor.Create(handler, new BatchingOptions { MaxBatchSize = 4, MaxDelay = TimeSpan.FromSeconds(5), FlushPolicy = FlushPolicy.Deadline });
         var calls = Enumerable.Range(0, 4).Select(i => processor.ProcessAsync(i).AsTask()).ToArray();
 
         Assert.Equal("0", await calls[0].WithinBoundAsync());

@@ -8,7 +8,7 @@ public class ShutdownTests
     public async Task Dispose_drains_queued_items_without_waiting_for_the_policy()
     {
         var handler = new RecordingHandler();
-        var processor = BatchProcessor.Create(handler.Handler, new BatchingOptions { MaxBatchSize = 10, MaxDelay = TimeSpan.FromHours(1) });
+        var processor = BatchProcessor.Create(handler.Handler, new BatchingOptions { MaxBatchSize = 10, MaxDelay = TimeSpan.FromHours(1), FlushPolicy = FlushPolicy.Deadline });
         var calls = Enumerable.Range(0, 25).Select(i => processor.ProcessAsync(i).AsTask()).ToArray();
 
         await processor.DisposeAsync().AsTask().WithinBoundAsync();

@@ -25,6 +25,12 @@ internal static partial class Log
     [LoggerMessage(7, LogLevel.Warning, "Batch processor '{Processor}' stopped without finishing: {Failed} item(s) failed. Reason: {Reason}")]
     public static partial void Aborted(ILogger logger, string processor, int failed, string reason);
 
-    [LoggerMessage(8, LogLevel.Critical, "Batch processor '{Processor}': the dispatcher failed unexpectedly; every queued and running item was failed.")]
+    [LoggerMessage(8, LogLevel.Critical, "Batch processor '{Processor}': the dispatcher failed unexpectedly; every queued and running item was failed and the processor stopped.")]
     public static partial void DispatcherFailed(ILogger logger, string processor, Exception exception);
+
+    [LoggerMessage(9, LogLevel.Error, "Batch processor '{Processor}': a caller's continuation threw while it was resumed; its siblings were resumed regardless.")]
+    public static partial void ContinuationFailed(ILogger logger, string processor, Exception exception);
+
+    [LoggerMessage(10, LogLevel.Warning, "Batch processor '{Processor}': a telemetry listener (ActivityListener or MeterListener) threw; the measurement was dropped.")]
+    public static partial void ListenerFailed(ILogger logger, string processor, Exception exception);
 }

@@ -1,31 +1,40 @@
 using System.Diagnostics;
 using System.Diagnostics.Metrics;
+using Microsoft.Extensions.Logging;
 
 namespace Batching.Diagnostics;
 
 /// <summary>
-/// One processor's instruments. Every measurement carries the processor's name, so processors that share
-/// the "Batching" meter stay apart. Each recording first checks <c>Enabled</c>, so without a listener the
-/// hot path pays a field read.
+/// One processor's instruments. Every measurement carries the processor's name, so processors that share the
+/// "Batching" meter stay apart. Each recording first checks <c>Enabled</c>, so without a listener the hot path pays a
+/// field read.
 /// </summary>
+/// <remarks>Listeners are user code: an <see cref="ActivityListener"/> or <see cref="MeterListener"/> callback runs
+/// inside these calls and may throw. Every method here catches that, logs it once in a while (never more than once per
+/// second), and drops the measurement: instrumentation must never fail a caller or stop the processor.</remarks>
 internal sealed class ProcessorTelemetry : IDisposable
 {
     internal static readonly ActivitySource Source = new(BatchingTelemetry.ActivitySourceName);
 
     private readonly Meter _meter;
     private readonly bool _ownsMeter;
+    private readonly ILogger _logger;
+    private readonly string _processorName;
     private readonly KeyValuePair<string, object?> _processor;
     private readonly KeyValuePair<string, object?> _policy;
     private readonly Counter<long> _requests;
     private readonly Histogram<int> _batchSize;
     private readonly Histogram<double> _batchDuration;
     private readonly Histogram<double> _queueWait;
+    private long _lastListenerFailureLog = long.MinValue;
 
-    public ProcessorTelemetry(string processorName, string policyName, IMeterFactory? meterFactory, Func<int> queueDepth, Func<int> inFlightBatches)
+    public ProcessorTelemetry(string processorName, string policyName, IMeterFactory? meterFactory, ILogger logger, Func<int> queueDepth, Func<int> inFlightBatches)
     {
         var options = new MeterOptions(BatchingTelemetry.MeterName) { Tags = [new(BatchingTelemetry.ProcessorTag, processorName)] };
         _ownsMeter = meterFactory is null;
         _meter = meterFactory?.Create(options) ?? new Meter(options);
+        _logger = logger;
+        _processorName = processorName;
         _processor = new(BatchingTelemetry.ProcessorTag, processorName);
         _policy = new(BatchingTelemetry.PolicyTag, policyName);
         _requests = _meter.CreateCounter<long>("batching.requests", "{request}",
@@ -35,7 +44,7 @@ internal sealed class ProcessorTelemetry : IDisposable
         // Batching lives in the 10 µs to 1 s range; exporters' default buckets are sized for milliseconds.
         var seconds = new InstrumentAdvice<double> { HistogramBucketBoundaries = [0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10] };
         _batchDuration = _meter.CreateHistogram<double>("batching.batch.duration", "s", "Time a handler call took, by outcome.", advice: seconds);
-        _queueWait = _meter.CreateHistogram<double>("batching.queue.wait", "s", "Time an item waited in the queue before its batch was dispatched.", advice: seconds);
+        _queueWait = _meter.CreateHistogram<double>("batching.queue.wait", "s", "Time from an item's arrival until its batch was dispatched.", advice: seconds);
         var tags = new[] { _processor };
         _meter.CreateObservableGauge("batching.queue.depth", () => new Measurement<int>(queueDepth(), tags), "{item}", "Items waiting in the queue.");
         _meter.CreateObservableUpDownCounter("batching.batches.in_flight", () => new Measurement<int>(inFlightBatches(), tags), "{batch}", "Batches whose handler call is running.");
@@ -47,17 +56,41 @@ internal sealed class ProcessorTelemetry : IDisposable
     {
         if (count > 0 && _requests.Enabled)
         {
-            _requests.Add(count, _processor, new(BatchingTelemetry.RequestOutcomeTag, outcome));
+            try
+            {
+                _requests.Add(count, _processor, new(BatchingTelemetry.RequestOutcomeTag, outcome));
+            }
+            catch (Exception ex)
+            {
+                ListenerFailed(ex);
+            }
         }
     }
 
-    public void QueueWait(TimeSpan wait) => _queueWait.Record(wait.TotalSeconds, _processor);
+    public void QueueWait(TimeSpan wait)
+    {
+        try
+        {
+            _queueWait.Record(wait.TotalSeconds, _processor);
+        }
+        catch (Exception ex)
+        {
+            ListenerFailed(ex);
+        }
+    }
 
     public void BatchStarted(int size)
     {
         if (_batchSize.Enabled)
         {
-            _batchSize.Record(size, _processor, _policy);
+            try
+            {
+                _batchSize.Record(size, _processor, _policy);
+            }
+            catch (Exception ex)
+            {
+                ListenerFailed(ex);
+            }
         }
     }
 
@@ -65,11 +98,19 @@ internal sealed class ProcessorTelemetry : IDisposable
     {
         if (_batchDuration.Enabled)
         {
-            _batchDuration.Record(duration.TotalSeconds, _processor, new(BatchingTelemetry.BatchOutcomeTag, outcome));
+            try
+            {
+                _batchDuration.Record(duration.TotalSeconds, _processor, new(BatchingTelemetry.BatchOutcomeTag, outcome));
+            }
+            catch (Exception ex)
+            {
+                ListenerFailed(ex);
+            }
         }
     }
 
-    /// <summary>Starts the batch's activity, linked to the activities its callers were in, or returns null when nobody listens.</summary>
+    /// <summary>Starts the batch's activity, linked to the activities its callers were in, or returns null when nobody
+    /// listens. Must run where <see cref="Activity.Current"/> is null (the handler's clean context), so the activity is a root.</summary>
     public Activity? StartBatchActivity<TIn, TOut>(Internal.Request<TIn, TOut>[] items, int count)
     {
         if (!Source.HasListeners())
@@ -77,31 +118,77 @@ internal sealed class ProcessorTelemetry : IDisposable
             return null;
         }
 
-        List<ActivityLink>? links = null;
-        for (int i = 0; i < count; i++)
+        try
         {
-            if (items[i].CallerActivity != default)
+            Debug.Assert(Activity.Current is null);
+            List<ActivityLink>? links = null;
+            for (int i = 0; i < count; i++)
             {
-                (links ??= []).Add(new ActivityLink(items[i].CallerActivity));
+                if (items[i].CallerActivity != default)
+                {
+                    (links ??= []).Add(new ActivityLink(items[i].CallerActivity));
+                }
             }
-        }
 
-        Activity? activity = Source.StartActivity("batching.batch", ActivityKind.Internal, parentContext: default, links: links);
-        if (activity is not null)
+            Activity? activity = Source.StartActivity("batching.batch", ActivityKind.Internal, parentContext: default, links: links);
+            if (activity is not null)
+            {
+                activity.SetTag(BatchingTelemetry.ProcessorTag, _processor.Value);
+                activity.SetTag(BatchingTelemetry.PolicyTag, _policy.Value);
+                activity.SetTag("batching.batch.size", count);
+            }
+
+            return activity;
+        }
+        catch (Exception ex)
         {
-            activity.SetTag(BatchingTelemetry.ProcessorTag, _processor.Value);
-            activity.SetTag(BatchingTelemetry.PolicyTag, _policy.Value);
-            activity.SetTag("batching.batch.size", count);
+            ListenerFailed(ex);
+            return null;
         }
+    }
 
-        return activity;
+    /// <summary>Ends the batch's activity. <see cref="Activity.Stop"/> restores <see cref="Activity.Current"/> on the
+    /// calling context, so this runs in the clean context, never in a caller's.</summary>
+    public void StopBatchActivity(Activity activity, string outcome)
+    {
+        try
+        {
+            activity.SetTag(BatchingTelemetry.BatchOutcomeTag, outcome);
+            if (outcome != Outcomes.Success)
+            {
+                activity.SetStatus(ActivityStatusCode.Error, outcome);
+            }
+
+            activity.Stop();
+        }
+        catch (Exception ex)
+        {
+            ListenerFailed(ex);
+        }
+    }
+
+    private void ListenerFailed(Exception ex)
+    {
+        long now = Environment.TickCount64;
+        long last = Interlocked.Read(ref _lastListenerFailureLog);
+        if (now - last >= 1000 && Interlocked.CompareExchange(ref _lastListenerFailureLog, now, last) == last)
+        {
+            Log.ListenerFailed(_logger, _processorName, ex);
+        }
     }
 
     public void Dispose()
     {
         if (_ownsMeter)
         {
-            _meter.Dispose();
+            try
+            {
+                _meter.Dispose();
+            }
+            catch (Exception)
+            {
+                // A MeterListener's InstrumentPublished/MeasurementsCompleted callback threw; disposal goes on.
+            }
         }
     }
 }

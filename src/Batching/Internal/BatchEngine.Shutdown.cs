@@ -1,146 +1,195 @@
 using Batching.Diagnostics;
+using Batching.Internal.Execution;
+using Batching.Internal.Timing;
 
 namespace Batching.Internal;
 
 internal sealed partial class BatchEngine<TIn, TOut>
 {
+    private readonly TaskCompletionSource _stopped = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private TaskCompletionSource? _disposal;
+
+    /// <summary>Stops intake, drains, and completes; never throws, whatever the host's loggers, listeners or clock do.</summary>
     public ValueTask DisposeAsync()
     {
+        TaskCompletionSource? mine = null;
+        Task task;
         lock (_lock)
         {
-            if (_disposeTask is null)
+            if (_disposal is null)
             {
-                _disposed = true;
-                _disposeTask = Task.Run(DisposeCoreAsync);
+                _disposal = mine = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
             }
 
-            return new ValueTask(_disposeTask);
+            task = _disposal.Task;
+        }
+
+        if (mine is not null)
+        {
+            // In the clean context: the drain must not carry the disposing caller's AsyncLocals into timers it creates.
+            CleanContext.Run(static s =>
+            {
+                var (engine, done) = ((BatchEngine<TIn, TOut>, TaskCompletionSource))s!;
+                _ = engine.ShutdownAsync(done);
+            }, (this, mine));
+        }
+
+        return new ValueTask(task);
+    }
+
+    private async Task ShutdownAsync(TaskCompletionSource done)
+    {
+        try
+        {
+            await DrainAsync().ConfigureAwait(false);
+        }
+        catch (Exception ex)
+        {
+            // Only a hostile clock can get here (its timers or timestamps threw): give up on what is left.
+            Abort($"The batch processor was disposed and its shutdown failed: {ex.Message}", ProcessorState.Stopped);
+        }
+        finally
+        {
+            _wakeUp.Dispose();
+            Telemetry.Dispose();
+            while (_idleBatches.TryDequeue(out Batch<TIn, TOut>? batch))
+            {
+                batch.DisposeResources();
+            }
+
+            done.TrySetResult();
         }
     }
 
     /// <summary>
-    /// Shutdown: intake is already closed. Callers still waiting for queue space never entered the queue and fail
-    /// at once; queued items are dispatched without waiting for the policy; whatever has not finished after
-    /// ShutdownTimeout fails with <see cref="ObjectDisposedException"/>.
+    /// Shutdown: intake closes. Callers still waiting for queue space never entered the queue and fail at once; queued
+    /// items are dispatched without waiting for the policy; whatever has not finished after ShutdownTimeout fails with
+    /// <see cref="ObjectDisposedException"/>.
     /// </summary>
-    private async Task DisposeCoreAsync()
+    private async Task DrainAsync()
     {
         List<Request<TIn, TOut>> notAdmitted = [];
-        long started = Time.GetTimestamp();
+        long started = _time.GetTimestamp();
+        int queued, inFlight;
         lock (_lock)
         {
-            Log.Draining(Logger, DisplayName, _queuedItems, _inFlight, Options.ShutdownTimeout);
-            while (_waitingForSpace.RemoveFirst() is { } request)
+            if (_state == ProcessorState.Running)
             {
-                request.State = RequestState.Completed;
-                notAdmitted.Add(request);
+                _state = ProcessorState.Draining;
+                _queue.RemoveAllWaitingLocked(notAdmitted);
             }
 
-            _dispatcherWaiting = false;
+            queued = _queue.QueuedItems;
+            inFlight = _running.Count;
+            AssertInvariants();
         }
 
+        Log.Draining(Logger, DisplayName, queued, inFlight, _shutdownTimeout);
         Telemetry.RequestsFinished(Outcomes.Rejected, notAdmitted.Count);
         foreach (Request<TIn, TOut> request in notAdmitted)
         {
-            request.SetException(new ObjectDisposedException(DisplayName, "The batch processor was disposed while this item waited for queue space; it was never queued."));
-            request.Release();
+            request.SetException(new ObjectDisposedException(DisplayName, "The batch processor was disposed while this item waited for queue space; it was never queued."), inline: false);
+            request.ReleaseEngineReference();
         }
 
-        _signal.Set();
-        TimeSpan timeout = Options.ShutdownTimeout;
-        bool drained;
-        try
+        _wakeUp.Signal();
+        if (await WaitAsync(_stopped.Task, _shutdownTimeout).ConfigureAwait(false))
         {
-            if (timeout == Timeout.InfiniteTimeSpan)
+            if (State == ProcessorState.Stopped)
             {
-                await _dispatcher.ConfigureAwait(false);
+                Log.Drained(Logger, DisplayName, _time.GetElapsedTime(started));
             }
-            else
-            {
-                await _dispatcher.WaitAsync(timeout, Time).ConfigureAwait(false);
-            }
-
-            drained = true;
-        }
-        catch (TimeoutException)
-        {
-            drained = false;
-        }
-
-        if (drained)
-        {
-            Log.Drained(Logger, DisplayName, Time.GetElapsedTime(started));
         }
         else
         {
-            Abort($"The batch processor was disposed and this item did not finish within ShutdownTimeout ({timeout}).");
-        }
-
-        _timer?.Dispose();
-        if (_preciseDeadlines)
-        {
-            DeadlineScheduler.Cancel(this);
-        }
-
-        Telemetry.Dispose();
-        lock (_lock)
-        {
-            foreach (Batch<TIn, TOut> batch in _batchPool)
-            {
-                batch.DisposeResources();
-            }
+            Abort($"The batch processor was disposed and this item did not finish within ShutdownTimeout ({_shutdownTimeout}).", ProcessorState.Stopped);
         }
     }
 
-    /// <summary>Fails every queued item and gives up on every running batch; the dispatcher then exits.</summary>
-    private void Abort(string reason)
+    /// <summary>Waits for <paramref name="task"/> up to <paramref name="timeout"/> on the processor's clock, for any
+    /// timeout validation accepts: .NET's timed waits take at most about 49.7 days, so longer ones wait in steps.</summary>
+    private async Task<bool> WaitAsync(Task task, TimeSpan timeout)
+    {
+        if (timeout == Timeout.InfiniteTimeSpan)
+        {
+            await task.ConfigureAwait(false);
+            return true;
+        }
+
+        long deadline = Timestamps.Add(_time.GetTimestamp(), timeout, _time.TimestampFrequency);
+        while (!task.IsCompleted)
+        {
+            TimeSpan remaining = Timestamps.Until(_time.GetTimestamp(), deadline, _time.TimestampFrequency);
+            if (remaining == TimeSpan.Zero)
+            {
+                return false;
+            }
+
+            TimeSpan step = remaining == Timeout.InfiniteTimeSpan || remaining > DeadlineTimer.MaxStep ? DeadlineTimer.MaxStep : remaining;
+            try
+            {
+                await task.WaitAsync(step, _time).ConfigureAwait(false);
+            }
+            catch (TimeoutException)
+            {
+                // One step ended; the loop decides whether the whole timeout has.
+            }
+        }
+
+        return true;
+    }
+
+    /// <summary>The last drained batch left: the processor is stopped.</summary>
+    private void StopLocked()
+    {
+        _state = ProcessorState.Stopped;
+        _stopped.TrySetResult();
+    }
+
+    /// <summary>The dispatcher (or a timer callback) failed: the processor can no longer serve. Fail everything.</summary>
+    private void DispatcherFailed(Exception error)
+    {
+        Log.DispatcherFailed(Logger, DisplayName, error);
+        Abort($"The batch dispatcher of '{DisplayName}' failed unexpectedly: {error.Message}", ProcessorState.Faulted, error.Message);
+    }
+
+    /// <summary>Fails every queued item and abandons every running batch; the processor ends in <paramref name="final"/>.</summary>
+    private void Abort(string reason, ProcessorState final, string? fault = null)
     {
         List<Request<TIn, TOut>> queued = [];
         List<CancellationTokenSource> toCancel = [];
         int failedInBatches = 0;
-        Func<int, Exception> failure = _ =>
-        {
-            failedInBatches++;
-            return new ObjectDisposedException(DisplayName, reason);
-        };
-
-        // GiveUpLocked reports its own failures to metrics; only the queued ones are counted here.
         lock (_lock)
         {
-            _aborted = true;
-            _disposed = true;
-            while (_queue.RemoveFirst() is { } request)
+            if (_state is ProcessorState.Stopped or ProcessorState.Faulted && _running.Count == 0 && _queue.QueuedItems == 0)
             {
-                request.State = RequestState.Completed;
-                queued.Add(request);
+                return;
             }
 
-            while (_waitingForSpace.RemoveFirst() is { } request)
-            {
-                request.State = RequestState.Completed;
-                queued.Add(request);
-            }
-
-            _queuedItems = 0;
+            _state = final;
+            _faultReason ??= fault;
+            _queue.RemoveAllLocked(queued);
             foreach (Batch<TIn, TOut> batch in _running)
             {
-                if (batch.GiveUpLocked(failure, onlyIfTimedOut: false, out CancellationTokenSource? cts) && cts is not null)
+                failedInBatches += batch.AbandonLocked(reason, out CancellationTokenSource? cts);
+                if (cts is not null)
                 {
                     toCancel.Add(cts);
                 }
             }
 
             _running.Clear();
-            _inFlight = 0;
+            _stopped.TrySetResult();
+            AssertInvariants();
         }
 
-        _signal.Set();
-        Telemetry.RequestsFinished(Outcomes.Failed, queued.Count);
+        _wakeUp.Signal();
+        Telemetry.RequestsFinished(Outcomes.Failed, queued.Count + failedInBatches);
         Log.Aborted(Logger, DisplayName, queued.Count + failedInBatches, reason);
         foreach (Request<TIn, TOut> request in queued)
         {
-            request.SetException(new ObjectDisposedException(DisplayName, reason));
-            request.Release();
+            request.SetException(new ObjectDisposedException(DisplayName, reason), inline: false);
+            request.ReleaseEngineReference();
         }
 
         foreach (CancellationTokenSource cts in toCancel)

@@ -2,154 +2,108 @@ using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Diagnostics.Metrics;
 using Batching.Diagnostics;
+using Batching.Internal.Admission;
+using Batching.Internal.Dispatch;
+using Batching.Internal.Execution;
 using Microsoft.Extensions.Diagnostics.HealthChecks;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
 
 namespace Batching.Internal;
 
+/// <summary>A processor's life. One field, changed only under the processor's lock.</summary>
+internal enum ProcessorState
+{
+    /// <summary>Accepting and serving.</summary>
+    Running,
+
+    /// <summary>DisposeAsync began: intake is closed, queued items are dispatched without waiting for the policy.</summary>
+    Draining,
+
+    /// <summary>Drained, or ShutdownTimeout gave up on what was left: nothing is queued or running any more.</summary>
+    Stopped,
+
+    /// <summary>The dispatcher failed (a bug, or a host whose clock throws): everything was failed, nothing is accepted.</summary>
+    Faulted,
+}
+
 /// <summary>
-/// The processor: a bounded FIFO of requests, one dispatcher loop that asks the flush policy when to form a
-/// batch, and batches that run the handler and hand each caller its own output.
+/// The processor: composes the admission queue, the dispatcher's wake-up and the batches, and alone owns the slots.
 /// </summary>
 /// <remarks>
-/// <para>One lock (<see cref="_lock"/>) guards the queue, the waiting-for-space list, the counters and the
-/// dispatcher's wake-up conditions. It is held only for list and counter updates: never while the handler runs,
-/// never while a caller is completed (completions run caller continuations asynchronously anyway).</para>
-/// <para>The dispatcher sleeps on an <see cref="AsyncSignal"/>. Before sleeping it records, under the lock, what
-/// should wake it: a queue length (<see cref="_wakeWhenQueued"/>), a freed batch slot, or a timer for the
-/// MaxDelay bound or the policy's wait. Producers signal only when that condition is met, so a busy queue costs
-/// the dispatcher no wake-ups per item.</para>
+/// <para>Parts, by concern: <see cref="AdmissionQueue{TIn, TOut}"/> (queue, wait-for-space list, counts, cancel-unlink;
+/// it owns the one lock), <see cref="DispatchWakeUp"/> (signal, wake conditions, deadline timer), the dispatch step in
+/// <c>BatchEngine.Dispatch.cs</c> (asks the policy, starts batches), <see cref="Batch{TIn, TOut}"/> (the handler call
+/// and the completion of its callers, an explicit state machine), and shutdown in <c>BatchEngine.Shutdown.cs</c>.</para>
+/// <para>The lock is held only for list and counter updates and for the policy's calls: never while a handler, a
+/// continuation, a logger or a listener runs. Every lock body ends with <see cref="AssertInvariants"/> in DEBUG builds.
+/// The running set <see cref="_running"/> is the slots: a batch holds a slot exactly while it is in it, and it leaves it
+/// in the same lock body as it leaves the Running state.</para>
+/// <para>No user code runs on the dispatcher except the policy: handlers run on their own pool work items (or, with
+/// <see cref="BatchingOptions.InlineWhenIdle"/>, on the caller's thread), and callers are resumed by the batch that
+/// carried them.</para>
 /// </remarks>
-internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut>, IBatchingHealthContributor, IDeadlineTarget
+internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut>, IBatchingHealthContributor, IRequestOwner<TIn, TOut>, IBatchOwner<TIn, TOut>
 {
-    private readonly object _lock = new();
-    private readonly AsyncSignal _signal = new();
-    private readonly ConcurrentQueue<Request<TIn, TOut>> _requestPool = new();
-    private readonly Stack<Batch<TIn, TOut>> _batchPool = new();
+    private readonly AdmissionQueue<TIn, TOut> _queue;
+    private readonly Lock _lock;
+    private readonly DispatchWakeUp _wakeUp;
+    private readonly BatchContext<TIn, TOut> _context;
     private readonly List<Batch<TIn, TOut>> _running = [];
+    private readonly ConcurrentQueue<Batch<TIn, TOut>> _idleBatches = new();
+    private readonly ConcurrentQueue<Request<TIn, TOut>> _requestPool = new();
     private readonly FlushPolicy _policy;
-    private readonly ITimer? _timer;
+    private readonly TimeProvider _time;
     private readonly long _startTimestamp;
     private readonly int _maxBatchSize;
     private readonly TimeSpan _maxDelay;
-    private readonly int _queueCapacity;
     private readonly int _maxConcurrentBatches;
-    private readonly bool _rejectWhenFull;
-    private readonly OutputCheck _outputCheck;
-    private readonly bool _preciseDeadlines;
     private readonly bool _inlineWhenIdle;
-    private readonly Task _dispatcher;
-    private readonly Func<int, Exception> _timeoutFailure;
+    private readonly TimeSpan _shutdownTimeout;
 
-    private RequestList<TIn, TOut> _queue;
-    private RequestList<TIn, TOut> _waitingForSpace;
-    private int _queuedItems;
-    private int _inFlight;
-    private long _totalArrivals;
-    private bool _dispatcherWaiting;
-    private int _lastBatchSize;
-    private bool _yieldedSinceLastBatch;
-    private int _wakeWhenQueued = 1;
-    private long _timerDueTimestamp = long.MaxValue;
-    private bool _disposed;
-    private bool _aborted;
-    private Task? _disposeTask;
+    private ProcessorState _state;
+    private string? _faultReason;
+    private int _openResumeBursts;
+    private int _batchesInTransit; // started and not retired, less those waiting for their handler's task
 
     public BatchEngine(BatchHandler<TIn, TOut> handler, BatchingOptions options, TimeProvider timeProvider, ILoggerFactory? loggerFactory = null, IMeterFactory? meterFactory = null)
     {
-        Handler = handler;
         Options = options;
-        Time = timeProvider;
+        _time = timeProvider;
         DisplayName = string.IsNullOrEmpty(options.Name) ? $"BatchProcessor<{typeof(TIn).Name}, {typeof(TOut).Name}>" : options.Name;
-        _policy = options.FlushPolicy.CreateInstance();
+        _policy = options.FlushPolicy.CreateInstance() ?? throw new ArgumentException(
+            $"BatchingOptions.FlushPolicy's CreateInstance() returned null; it must return a policy.", nameof(options));
         _maxBatchSize = options.MaxBatchSize;
         _maxDelay = options.MaxDelay;
-        _queueCapacity = options.QueueCapacity;
         _maxConcurrentBatches = options.MaxConcurrentBatches;
-        _rejectWhenFull = options.QueueFullMode == QueueFullMode.Reject;
-        _outputCheck = options.OutputCheck;
         _inlineWhenIdle = options.InlineWhenIdle;
-        ExecutionTimeout = options.ExecutionTimeout;
-        PoisonIsolationDepth = options.PoisonIsolationDepth;
-
-        // The system clock's timers tick every 1 to 4 ms (15.6 ms on Windows): MaxDelay deadlines go to the shared
-        // DeadlineScheduler instead. Any other clock (fake time in tests, a custom provider) keeps its own timers.
-        _preciseDeadlines = timeProvider == TimeProvider.System;
-        _timeoutFailure = TimeoutFailure;
-        _timer = _preciseDeadlines ? null : timeProvider.CreateTimer(static s => ((BatchEngine<TIn, TOut>)s!).OnTimer(), this, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+        _shutdownTimeout = options.ShutdownTimeout;
+        _queue = new AdmissionQueue<TIn, TOut>(options.QueueCapacity, options.QueueFullMode == QueueFullMode.Reject);
+        _lock = _queue.Sync;
+        Logger = new GuardedLogger((loggerFactory ?? NullLoggerFactory.Instance).CreateLogger("Batching.BatchProcessor"));
+        Telemetry = new ProcessorTelemetry(DisplayName, _policy.Name, meterFactory, Logger, () => _queue.QueuedItems, () => InFlightBatches);
+        _context = new BatchContext<TIn, TOut>(this, handler, timeProvider, Telemetry, Logger, DisplayName,
+            options.ExecutionTimeout, options.PoisonIsolationDepth, options.OutputCheck);
+        _wakeUp = new DispatchWakeUp(timeProvider, Dispatch, DispatcherFailed);
         _startTimestamp = timeProvider.GetTimestamp();
-        Logger = (loggerFactory ?? NullLoggerFactory.Instance).CreateLogger("Batching.BatchProcessor");
-        Telemetry = new ProcessorTelemetry(DisplayName, _policy.Name, meterFactory, () => QueuedItems, () => InFlightBatches);
-        Log.Started(Logger, DisplayName, _policy.Name, _maxBatchSize, _maxDelay, _queueCapacity, options.QueueFullMode, _maxConcurrentBatches, ExecutionTimeout);
-        _dispatcher = Task.Run(RunDispatcherAsync);
+        Log.Started(Logger, DisplayName, _policy.Name, _maxBatchSize, _maxDelay, options.QueueCapacity, options.QueueFullMode, _maxConcurrentBatches, options.ExecutionTimeout);
     }
 
     public ILogger Logger { get; }
 
     public ProcessorTelemetry Telemetry { get; }
 
-    string IBatchingHealthContributor.Name => DisplayName;
-
-    /// <summary>Healthy while serving; Degraded when the queue is 90% full or callers wait for space; Unhealthy once disposed.</summary>
-    public HealthCheckResult CheckHealth()
-    {
-        int queued, waiting, inFlight;
-        bool disposed;
-        lock (_lock)
-        {
-            queued = _queuedItems;
-            waiting = _waitingForSpace.Count;
-            inFlight = _inFlight;
-            disposed = _disposed;
-        }
-
-        var data = new Dictionary<string, object>
-        {
-            ["queued"] = queued,
-            ["waiting_for_space"] = waiting,
-            ["in_flight_batches"] = inFlight,
-            ["queue_capacity"] = _queueCapacity,
-        };
-        if (disposed)
-        {
-            return HealthCheckResult.Unhealthy($"'{DisplayName}' is disposed and accepts no requests.", data: data);
-        }
-
-        if (waiting > 0 || queued >= _queueCapacity * 0.9)
-        {
-            return HealthCheckResult.Degraded($"'{DisplayName}' queue is near capacity ({queued}/{_queueCapacity} queued, {waiting} waiting for space).", data: data);
-        }
-
-        return HealthCheckResult.Healthy($"'{DisplayName}': {queued} queued, {inFlight} batch(es) running.", data);
-    }
-
-    public BatchHandler<TIn, TOut> Handler { get; }
-
     public BatchingOptions Options { get; }
 
-    public TimeProvider Time { get; }
+    /// <summary>The processor's clock.</summary>
+    public TimeProvider Time => _time;
 
     public string DisplayName { get; }
 
-    public TimeSpan ExecutionTimeout { get; }
-
-    public int PoisonIsolationDepth { get; }
+    string IBatchingHealthContributor.Name => DisplayName;
 
     /// <summary>Items waiting in the queue (not those waiting for space, nor those in running batches).</summary>
-    public int QueuedItems => Volatile.Read(ref _queuedItems);
-
-    /// <summary>Whether the dispatcher is asleep waiting for a condition (tests use it to observe "nothing happens").</summary>
-    internal bool IsDispatcherSleeping
-    {
-        get
-        {
-            lock (_lock)
-            {
-                return _dispatcherWaiting || _dispatcher.IsCompleted;
-            }
-        }
-    }
+    public int QueuedItems => _queue.QueuedItems;
 
     /// <summary>Callers waiting for queue space.</summary>
     public int WaitingForSpace
@@ -158,13 +112,38 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
         {
             lock (_lock)
             {
-                return _waitingForSpace.Count;
+                return _queue.WaitingForSpace;
             }
         }
     }
 
     /// <summary>Batches whose handler call is running and holds a slot.</summary>
-    public int InFlightBatches => Volatile.Read(ref _inFlight);
+    public int InFlightBatches
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _running.Count;
+            }
+        }
+    }
+
+    /// <summary>Whether the dispatcher is neither running nor scheduled and every batch it started is either retired or
+    /// waiting for its handler's task: tests use it to observe "nothing happens" (on fake time, that nothing more happens
+    /// until the clock moves or a handler's task completes).</summary>
+    internal bool IsDispatcherSleeping => _wakeUp.IsIdle && Volatile.Read(ref _batchesInTransit) == 0;
+
+    internal ProcessorState State
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _state;
+            }
+        }
+    }
 
     public ValueTask<TOut> ProcessAsync(TIn input, CancellationToken cancellationToken = default)
     {
@@ -173,52 +152,53 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
             return ValueTask.FromCanceled<TOut>(cancellationToken);
         }
 
-        Request<TIn, TOut> request = RentRequest();
-        request.Prepare(input);
+        if (HandlerScope.Current is { } scope && scope.Blocks(this))
+        {
+            return ValueTask.FromException<TOut>(new InvalidOperationException(
+                $"ProcessAsync of '{DisplayName}' was called from inside that processor's own batch handler (or from work the handler started while its batch runs). " +
+                "Such a call would wait for a batch slot that the calling handler holds, so it is refused. Compute the item directly, or use another processor."));
+        }
+
+        long now = _time.GetTimestamp();
+        Request<TIn, TOut> request = _requestPool.TryDequeue(out Request<TIn, TOut>? pooled) ? pooled : new Request<TIn, TOut>(this);
+        ValueTask<TOut> result = request.Prepare(input, now, cancellationToken);
         if (ProcessorTelemetry.Source.HasListeners() && Activity.Current is { } caller)
         {
             request.CallerActivity = caller.Context;
         }
 
-        ValueTask<TOut> result = request.AsValueTask();
-        long now = Time.GetTimestamp();
-        bool wake = false;
-        Exception? refusal = null;
+        AdmissionResult admission = AdmissionResult.Rejected;
+        ProcessorState state;
         Batch<TIn, TOut>? inline = null;
+        bool wake = false;
         lock (_lock)
         {
-            if (_disposed)
+            state = _state;
+            if (state == ProcessorState.Running)
             {
-                refusal = new ObjectDisposedException(DisplayName, "The batch processor has been disposed; it accepts no new items.");
+                admission = _queue.AdmitLocked(request);
+                if (admission == AdmissionResult.Queued)
+                {
+                    inline = TryStartInlineLocked(now, out wake);
+                    wake |= inline is null && _wakeUp.ArrivalWakesLocked(_queue.QueuedItems);
+                }
             }
-            else if (_queuedItems < _queueCapacity && _waitingForSpace.Count == 0)
-            {
-                EnqueueLocked(request, now);
-                inline = TryTakeInlineBatchLocked();
-                wake = inline is null && ShouldWakeLocked();
-            }
-            else if (_rejectWhenFull)
-            {
-                refusal = new BatchQueueFullException(Options.Name, _queueCapacity);
-            }
-            else
-            {
-                request.State = RequestState.WaitingForSpace;
-                _waitingForSpace.AddLast(request);
-            }
+
+            AssertInvariants();
         }
 
-        if (refusal is not null)
+        if (state != ProcessorState.Running || admission == AdmissionResult.Rejected)
         {
+            request.ReleaseUnissued();
             Telemetry.RequestsFinished(Outcomes.Rejected, 1);
-            request.Release();
-            request.Release();
-            return ValueTask.FromException<TOut>(refusal);
+            return ValueTask.FromException<TOut>(state != ProcessorState.Running
+                ? Refusal(state)
+                : new BatchQueueFullException(Options.Name, _queue.Capacity));
         }
 
         if (wake)
         {
-            _signal.Set();
+            _wakeUp.Signal();
         }
 
         if (inline is not null)
@@ -230,147 +210,230 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
             }
         }
 
-        request.RegisterCancellation(cancellationToken);
+        request.RegisterCancellation();
         return result;
     }
 
-    void IDeadlineTarget.OnDeadline() => OnTimer();
+    private ObjectDisposedException Refusal(ProcessorState state) => state == ProcessorState.Faulted
+        ? new ObjectDisposedException(DisplayName, $"The batch processor stopped after its dispatcher failed ({_faultReason}); it accepts no new items.")
+        : new ObjectDisposedException(DisplayName, "The batch processor has been disposed; it accepts no new items.");
 
-    private void OnTimer()
+    void IRequestOwner<TIn, TOut>.OnCanceled(Request<TIn, TOut> request)
     {
+        bool removed, claimed = false, wake = false;
+        CancellationTokenSource? cts = null;
         lock (_lock)
         {
-            _timerDueTimestamp = long.MaxValue;
-            _dispatcherWaiting = false;
-        }
-
-        _signal.Set();
-    }
-
-    private Request<TIn, TOut> RentRequest() =>
-        _requestPool.TryDequeue(out Request<TIn, TOut>? request) ? request : new Request<TIn, TOut>(this);
-
-    // Unbounded on purpose: it never holds more requests than callers once had outstanding at the same time (like
-    // ArrayPool, it keeps the peak), and counting a ConcurrentQueue would cost every request a snapshot.
-    internal void ReturnToPool(Request<TIn, TOut> request) => _requestPool.Enqueue(request);
-
-    private void EnqueueLocked(Request<TIn, TOut> request, long timestamp)
-    {
-        Debug.Assert(Monitor.IsEntered(_lock));
-        request.EnqueuedTimestamp = timestamp;
-        request.State = RequestState.Queued;
-        _queue.AddLast(request);
-        _queuedItems++;
-        _totalArrivals++;
-    }
-
-    /// <summary>Whether the queue now meets the condition the sleeping dispatcher asked to be woken for; if so, it is no longer asleep.</summary>
-    private bool ShouldWakeLocked()
-    {
-        if (_dispatcherWaiting && _queuedItems >= _wakeWhenQueued)
-        {
-            _dispatcherWaiting = false;
-            return true;
-        }
-
-        return false;
-    }
-
-    /// <summary>Moves callers waiting for space into the queue, oldest first, as far as capacity allows.</summary>
-    private bool AdmitWaitingLocked()
-    {
-        Debug.Assert(Monitor.IsEntered(_lock));
-        if (_waitingForSpace.Count == 0)
-        {
-            return false;
-        }
-
-        long now = Time.GetTimestamp();
-        while (_queuedItems < _queueCapacity && _waitingForSpace.RemoveFirst() is { } request)
-        {
-            EnqueueLocked(request, now);
-        }
-
-        return true;
-    }
-
-    internal void OnCanceled(Request<TIn, TOut> request, CancellationToken token)
-    {
-        bool removed = false, wake = false;
-        lock (_lock)
-        {
-            switch (request.State)
+            removed = _queue.TryRemoveLocked(request);
+            if (removed)
             {
-                case RequestState.Queued:
-                    _queue.Remove(request);
-                    _queuedItems--;
-                    request.State = RequestState.Completed;
-                    removed = true;
-                    wake = AdmitWaitingLocked() && ShouldWakeLocked();
-                    break;
-                case RequestState.WaitingForSpace:
-                    _waitingForSpace.Remove(request);
-                    request.State = RequestState.Completed;
-                    removed = true;
-                    break;
+                // Callers waiting for space may have taken its place.
+                wake = _queue.QueuedItems > 0 && _wakeUp.ArrivalWakesLocked(_queue.QueuedItems);
             }
+            else if (request.TryClaimFromBatch())
+            {
+                // Its batch is running: release the caller now and let the batch drop the output. The batch still holds
+                // its reference, so Batch and BatchGeneration stay valid here.
+                claimed = true;
+                cts = request.Batch!.OnItemCanceledLocked(request.BatchGeneration);
+            }
+
+            AssertInvariants();
         }
 
-        if (wake)
+        if (removed || claimed)
         {
-            _signal.Set();
+            Telemetry.RequestsFinished(Outcomes.Cancelled, 1);
+            request.SetException(new OperationCanceledException(request.CancellationToken), inline: false);
         }
 
         if (removed)
         {
-            Telemetry.RequestsFinished(Outcomes.Cancelled, 1);
-            request.SetException(new OperationCanceledException(token));
-            request.Release();
-            return;
+            request.ReleaseEngineReference();
         }
 
-        // Its batch is running: release the caller now and let the batch drop the output. The batch still
-        // holds its reference, so Batch and BatchGeneration stay valid here.
-        if (request.TryClaimFromBatch())
+        Batch<TIn, TOut>.Cancel(cts);
+        if (wake)
         {
-            Batch<TIn, TOut>? batch = request.Batch;
-            int generation = request.BatchGeneration;
-            Telemetry.RequestsFinished(Outcomes.Cancelled, 1);
-            request.SetException(new OperationCanceledException(token));
-            batch?.OnItemCanceled(generation);
+            _wakeUp.Signal();
         }
     }
 
-    // Constants per instantiation once the JIT tiers up; they keep the check free of boxing for value types.
-    private static readonly bool s_outputIsReference = !typeof(TOut).IsValueType;
-    private static readonly bool s_outputIsNullable = Nullable.GetUnderlyingType(typeof(TOut)) is not null;
+    // Unbounded on purpose: it never holds more requests than callers once had outstanding at the same time (like
+    // ArrayPool, it keeps the peak), and counting a ConcurrentQueue would cost every request a snapshot.
+    void IRequestOwner<TIn, TOut>.Return(Request<TIn, TOut> request) => _requestPool.Enqueue(request);
 
-    internal bool IsMissing(TOut output)
+    BatchState IBatchOwner<TIn, TOut>.OnHandlerReturned(Batch<TIn, TOut> batch, TimeSpan duration, bool succeeded)
     {
-        switch (_outputCheck)
+        bool wake = false;
+        BatchState state;
+        lock (_lock)
         {
-            case OutputCheck.RejectNull:
-                if (s_outputIsReference)
+            if (batch.State == BatchState.Running)
+            {
+                bool removed = _running.Remove(batch);
+                Debug.Assert(removed);
+                if (batch.CompleteLocked())
                 {
-                    return output is null;
+                    Interlocked.Increment(ref _openResumeBursts);
                 }
 
-                return s_outputIsNullable && EqualityComparer<TOut>.Default.Equals(output, default!);
-            case OutputCheck.RejectDefault:
-                return EqualityComparer<TOut>.Default.Equals(output, default!);
-            default:
-                return false;
+                wake = SlotFreedLocked();
+            }
+
+            try
+            {
+                _policy.OnBatchCompleted(new BatchCompletion(batch.Count, duration, succeeded));
+            }
+            catch (Exception ex)
+            {
+                // A custom policy's bookkeeping error must not break batch completion.
+                Log.PolicyFailed(Logger, DisplayName, _policy.Name, ex);
+            }
+
+            state = batch.State;
+            AssertInvariants();
+        }
+
+        if (wake)
+        {
+            _wakeUp.Signal();
+        }
+
+        return state;
+    }
+
+    void IBatchOwner<TIn, TOut>.OnHandlerPending(bool pending) => Interlocked.Add(ref _batchesInTransit, pending ? -1 : 1);
+
+    void IBatchOwner<TIn, TOut>.OnExecutionTimer(Batch<TIn, TOut> batch)
+    {
+        try
+        {
+            bool timedOut, wake = false;
+            int failed = 0;
+            CancellationTokenSource? cts = null;
+            lock (_lock)
+            {
+                timedOut = batch.ExecutionTimerFiredLocked(_time.GetTimestamp());
+                if (timedOut)
+                {
+                    bool removed = _running.Remove(batch);
+                    Debug.Assert(removed);
+                    failed = batch.TimeOutLocked(out cts);
+                    wake = SlotFreedLocked();
+                }
+
+                AssertInvariants();
+            }
+
+            if (!timedOut)
+            {
+                return;
+            }
+
+            Telemetry.RequestsFinished(Outcomes.Failed, failed);
+            Log.BatchTimedOut(Logger, DisplayName, batch.Count, Options.ExecutionTimeout);
+            Batch<TIn, TOut>.Cancel(cts);
+            if (wake)
+            {
+                _wakeUp.Signal();
+            }
+        }
+        catch (Exception ex)
+        {
+            // On a timer thread an exception would end the process; fail this processor instead.
+            DispatcherFailed(ex);
         }
     }
 
-    internal BatchExecutionException HandlerFailure(Exception error, int batchSize) =>
-        new($"The batch handler of '{DisplayName}' threw {error.GetType().Name} for a batch of {batchSize} item(s): {error.Message}", error, batchSize);
+    void IBatchOwner<TIn, TOut>.OnResumeBurstClosed()
+    {
+        Interlocked.Decrement(ref _openResumeBursts);
+        _wakeUp.Signal();
+    }
 
-    internal BatchExecutionException MissingOutput(int index, int batchSize) =>
-        new($"The batch handler of '{DisplayName}' returned without writing outputs[{index}] (it still held {(_outputCheck == OutputCheck.RejectNull ? "null" : "default")}); " +
-            $"a handler must write one output per input. Set BatchingOptions.OutputCheck to None if {(_outputCheck == OutputCheck.RejectNull ? "null" : "default")} is a valid result.",
-            null, batchSize);
+    void IBatchOwner<TIn, TOut>.OnRetired(Batch<TIn, TOut> batch)
+    {
+        Interlocked.Decrement(ref _batchesInTransit);
+        bool keep;
+        lock (_lock)
+        {
+            keep = _state is ProcessorState.Running or ProcessorState.Draining;
+        }
 
-    internal Exception TimeoutFailure(int batchSize) =>
-        new TimeoutException($"The batch of {batchSize} item(s) in '{DisplayName}' did not complete within ExecutionTimeout ({ExecutionTimeout}); its handler was cancelled.");
+        if (keep)
+        {
+            _idleBatches.Enqueue(batch);
+        }
+        else
+        {
+            batch.DisposeResources();
+        }
+    }
+
+    /// <summary>A slot was freed: whether the dispatcher must run. With an empty queue it stays asleep until the next
+    /// arrival, which then finds the slot free (and may take the idle fast path).</summary>
+    private bool SlotFreedLocked()
+    {
+        if (_queue.QueuedItems > 0 || _state != ProcessorState.Running)
+        {
+            return true;
+        }
+
+        _wakeUp.WakeOnArrivalLocked();
+        return false;
+    }
+
+    /// <summary>Healthy while serving; Degraded when the queue is 90% full or callers wait for space; Unhealthy once
+    /// disposed or after the dispatcher failed.</summary>
+    public HealthCheckResult CheckHealth()
+    {
+        int queued, waiting, inFlight;
+        ProcessorState state;
+        lock (_lock)
+        {
+            queued = _queue.QueuedItems;
+            waiting = _queue.WaitingForSpace;
+            inFlight = _running.Count;
+            state = _state;
+        }
+
+        var data = new Dictionary<string, object>
+        {
+            ["state"] = state.ToString(),
+            ["queued"] = queued,
+            ["waiting_for_space"] = waiting,
+            ["in_flight_batches"] = inFlight,
+            ["queue_capacity"] = _queue.Capacity,
+        };
+        switch (state)
+        {
+            case ProcessorState.Faulted:
+                return HealthCheckResult.Unhealthy($"'{DisplayName}' stopped: its dispatcher failed ({_faultReason}).", data: data);
+            case ProcessorState.Draining or ProcessorState.Stopped:
+                return HealthCheckResult.Unhealthy($"'{DisplayName}' is disposed and accepts no requests.", data: data);
+        }
+
+        if (waiting > 0 || queued >= _queue.Capacity * 0.9)
+        {
+            return HealthCheckResult.Degraded($"'{DisplayName}' queue is near capacity ({queued}/{_queue.Capacity} queued, {waiting} waiting for space).", data: data);
+        }
+
+        return HealthCheckResult.Healthy($"'{DisplayName}': {queued} queued, {inFlight} batch(es) running.", data);
+    }
+
+    [Conditional("DEBUG")]
+    private void AssertInvariants()
+    {
+        _queue.AssertInvariants();
+        Debug.Assert(_running.Count <= _maxConcurrentBatches, $"{_running.Count} batches hold slots (MaxConcurrentBatches {_maxConcurrentBatches})");
+        foreach (Batch<TIn, TOut> batch in _running)
+        {
+            Debug.Assert(batch.State == BatchState.Running, $"a batch in the running set is {batch.State}");
+        }
+
+        Debug.Assert(_state != ProcessorState.Stopped || (_running.Count == 0 && _queue.QueuedItems == 0), "stopped with work left");
+        Debug.Assert(_state == ProcessorState.Running || _queue.WaitingForSpace == 0, "callers wait for space after intake closed");
+        Debug.Assert(Volatile.Read(ref _openResumeBursts) >= 0);
+    }
 }

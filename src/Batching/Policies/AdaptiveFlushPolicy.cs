@@ -1,4 +1,4 @@
-namespace Batching;
+namespace Batching.Policies;
 
 /// <summary>
 /// Greedy at low load, model-guided under load.

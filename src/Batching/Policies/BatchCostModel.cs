@@ -1,4 +1,4 @@
-namespace Batching;
+namespace Batching.Policies;
 
 /// <summary>
 /// Least-squares fit of batch cost <c>t = a + b·n</c> over a sliding window of recent batches, kept as running

@@ -1,4 +1,4 @@
-namespace Batching;
+namespace Batching.Policies;
 
 /// <summary>Dispatches a full batch at once, else waits for the oldest item's MaxDelay (enforced by the processor).</summary>
 internal sealed class DeadlineFlushPolicy : FlushPolicy

@@ -1,4 +1,4 @@
-namespace Batching;
+namespace Batching.Policies;
 
 /// <summary>Dispatches the largest batch among the preferred sizes and MaxBatchSize that the queue can fill.</summary>
 internal sealed class SizeFlushPolicy : FlushPolicy
@@ -11,8 +11,6 @@ internal sealed class SizeFlushPolicy : FlushPolicy
     }
 
     public override string Name => "size";
-
-    public IReadOnlyList<int> PreferredBatchSizes => _preferred;
 
     public override void Validate(BatchingOptions options)
     {

@@ -88,6 +88,7 @@ public class TelemetryTests
             QueueCapacity = 4,
             QueueFullMode = QueueFullMode.Reject,
             MaxDelay = TimeSpan.FromMilliseconds(20),
+            FlushPolicy = FlushPolicy.Deadline,
         });
 
         // 8 good items in two full batches.
@@ -133,7 +134,7 @@ public class TelemetryTests
         string name = $"wait-{Guid.NewGuid():N}";
         using var recorder = new Recorder(name);
         var time = new FakeTimeProvider();
-        var processor = BatchProcessor.Create(new RecordingHandler(time).Handler, new BatchingOptions { Name = name, MaxDelay = TimeSpan.FromMilliseconds(8), TimeProvider = time });
+        var processor = BatchProcessor.Create(new RecordingHandler(time).Handler, new BatchingOptions { Name = name, MaxDelay = TimeSpan.FromMilliseconds(8), TimeProvider = time, FlushPolicy = FlushPolicy.Deadline });
         var call = processor.ProcessAsync(1);
         await Wait.UntilIdleAsync(processor);
         time.Advance(TimeSpan.FromMilliseconds(8));
@@ -157,7 +158,7 @@ public class TelemetryTests
         using var tests = new ActivitySource("Tests");
         string name = $"trace-{Guid.NewGuid():N}";
         var handler = new RecordingHandler();
-        await using var processor = BatchProcessor.Create(handler.Handler, new BatchingOptions { Name = name, MaxBatchSize = 3, MaxDelay = TimeSpan.FromSeconds(5) });
+        await using var processor = BatchProcessor.Create(handler.Handler, new BatchingOptions { Name = name, MaxBatchSize = 3, MaxDelay = TimeSpan.FromSeconds(5), FlushPolicy = FlushPolicy.Deadline });
 
         var callers = new List<ActivityContext>();
         var calls = new List<Task<int>>();
@@ -197,7 +198,7 @@ public class TelemetryTests
         await provider.DisposeAsync();
 
         var messages = logs.GetSnapshot();
-        Assert.Contains(messages, m => m.Level == LogLevel.Information && m.Message.Contains("'logged' started: policy deadline, MaxBatchSize 100", StringComparison.Ordinal));
+        Assert.Contains(messages, m => m.Level == LogLevel.Information && m.Message.Contains("'logged' started: policy adaptive, MaxBatchSize 100", StringComparison.Ordinal));
         var failure = Assert.Single(messages, m => m.Level == LogLevel.Warning);
         Assert.IsType<InvalidOperationException>(failure.Exception);
         Assert.Contains(messages, m => m.Message.Contains("'logged' is shutting down", StringComparison.Ordinal));

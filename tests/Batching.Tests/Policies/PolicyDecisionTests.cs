@@ -1,3 +1,5 @@
+using Batching.Policies;
+
 namespace Batching.Tests.Policies;
 
 /// <summary>The policies as pure functions of the queue state.</summary>

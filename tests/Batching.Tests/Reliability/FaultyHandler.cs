@@ -161,11 +161,13 @@ internal sealed class FaultyHandler
                 case Fault.Hang:
                     Interlocked.Increment(ref _hangs);
                     Interlocked.Increment(ref _hangsRunning);
-                    HangStarted.Release();
                     try
                     {
-                        // Deliberately ignores the token: a handler stuck in native code or a blocking call.
-                        await Task.Delay(HangFor, _time, CancellationToken.None).ConfigureAwait(false);
+                        // Deliberately ignores the token: a handler stuck in native code or a blocking call. The delay
+                        // exists before the test hears of it, so a clock advanced at once still ends it.
+                        Task hang = Task.Delay(HangFor, _time, CancellationToken.None);
+                        HangStarted.Release();
+                        await hang.ConfigureAwait(false);
                     }
                     finally
                     {
@@ -175,8 +177,9 @@ internal sealed class FaultyHandler
                     break;
                 case Fault.Slow:
                     Interlocked.Increment(ref _slows);
+                    Task slow = Task.Delay(SlowFor, _time, token);
                     SlowStarted.Release();
-                    await Task.Delay(SlowFor, _time, token).ConfigureAwait(false);
+                    await slow.ConfigureAwait(false);
                     break;
             }
 

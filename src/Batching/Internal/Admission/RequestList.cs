@@ -1,15 +1,15 @@
 using System.Diagnostics;
 
-namespace Batching.Internal;
+namespace Batching.Internal.Admission;
 
-/// <summary>An intrusive FIFO of requests: O(1) append, pop and unlink, no allocation. Not thread-safe: the engine lock guards it.</summary>
-/// <remarks>Intrusive links make cancelling a queued item an O(1) unlink, and leave room for lanes (one list each)
-/// and multi-item requests (the engine counts items, not nodes).</remarks>
+/// <summary>An intrusive FIFO of requests: O(1) append, pop and unlink, no allocation. Not thread-safe: the processor's lock guards it.</summary>
+/// <remarks>Intrusive links make cancelling a queued item an O(1) unlink, and leave room for lanes (one list each).</remarks>
 internal struct RequestList<TIn, TOut>
 {
     private Request<TIn, TOut>? _head;
     private Request<TIn, TOut>? _tail;
 
+    /// <summary>Requests in the list; read without the lock by gauges, so written as a whole int.</summary>
     public int Count { get; private set; }
 
     public readonly Request<TIn, TOut>? Head => _head;

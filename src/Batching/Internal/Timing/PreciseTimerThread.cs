@@ -1,26 +1,30 @@
 using System.Diagnostics;
 
-namespace Batching.Internal;
+namespace Batching.Internal.Timing;
 
-/// <summary>Something the <see cref="DeadlineScheduler"/> wakes when its deadline passes.</summary>
+/// <summary>Something the <see cref="PreciseTimerThread"/> wakes when its deadline passes.</summary>
 internal interface IDeadlineTarget
 {
+    /// <summary>Runs on the shared thread: must be quick, must not block, must not take a processor's lock and must
+    /// never run user code. Implementations only signal (a compare-and-swap and a thread-pool work item).</summary>
     void OnDeadline();
 }
 
 /// <summary>
-/// Wakes dispatchers at their MaxDelay deadlines with about a millisecond of precision on the system clock.
+/// Wakes deadline targets with about a millisecond of precision on the system clock, for every processor in the process.
 /// </summary>
 /// <remarks>
-/// .NET's timers run on the kernel's coarse clock, which ticks every 1 to 4 ms on Linux and about 15.6 ms on
+/// <para>.NET's timers run on the kernel's coarse clock, which ticks every 1 to 4 ms on Linux and about 15.6 ms on
 /// Windows, so a 1 ms MaxDelay on an <see cref="ITimer"/> could wait 4 ms or more. One background thread per process
-/// serves every processor instead: it sleeps on a wait handle until the earliest deadline (timed waits use the
-/// precise monotonic clock) and then signals the processors that are due. It only wakes processors (a lock and a
-/// flag), never runs user code, and it sleeps indefinitely while nothing is pending.
+/// serves every processor instead: it sleeps on a wait handle until the earliest deadline (timed waits use the precise
+/// monotonic clock) and then signals the targets that are due, and it sleeps indefinitely while nothing is pending.</para>
+/// <para>Because one thread serves every processor, a target only signals: the policy code, locks and handlers of a
+/// processor run on that processor's own dispatcher, so one processor's slow policy cannot delay another's deadlines.
+/// The same thread watches callers being resumed inline (see <c>ResumeWatch</c>) for a continuation that blocks.</para>
 /// </remarks>
-internal static class DeadlineScheduler
+internal static class PreciseTimerThread
 {
-    private static readonly object s_lock = new();
+    private static readonly Lock s_lock = new();
     private static readonly Dictionary<IDeadlineTarget, long> s_due = [];
     private static readonly AutoResetEvent s_changed = new(false);
     private static Thread? s_thread;
@@ -41,8 +45,9 @@ internal static class DeadlineScheduler
 
             if (s_thread is null)
             {
+                // UnsafeStart: the thread must not capture the ExecutionContext of whoever scheduled first.
                 s_thread = new Thread(Run) { IsBackground = true, Name = "Batching deadlines" };
-                s_thread.Start();
+                s_thread.UnsafeStart();
             }
         }
 
@@ -99,6 +104,7 @@ internal static class DeadlineScheduler
                 }
                 catch (Exception ex)
                 {
+                    // A target's bug must not stop deadlines for every processor in the process.
                     Debug.Fail($"A deadline target threw: {ex}");
                 }
             }

@@ -1,11 +1,11 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
-using Batching.Internal;
+using Batching.Internal.Timing;
 using Batching.Tests.TestSupport;
 
-namespace Batching.Tests.Internal;
+namespace Batching.Tests.Internal.Timing;
 
-public class DeadlineSchedulerTests
+public class PreciseTimerThreadTests
 {
     private sealed class Target(ConcurrentQueue<(Target, long)> log) : IDeadlineTarget
     {
@@ -23,11 +23,11 @@ public class DeadlineSchedulerTests
         var moved = new Target(log);
         long firstDue = In(TimeSpan.FromMilliseconds(30));
         long secondDue = In(TimeSpan.FromMilliseconds(10));
-        DeadlineScheduler.Schedule(first, firstDue);
-        DeadlineScheduler.Schedule(second, secondDue);
-        DeadlineScheduler.Schedule(moved, In(TimeSpan.FromMilliseconds(5)));
+        PreciseTimerThread.Schedule(first, firstDue);
+        PreciseTimerThread.Schedule(second, secondDue);
+        PreciseTimerThread.Schedule(moved, In(TimeSpan.FromMilliseconds(5)));
         long movedDue = In(TimeSpan.FromMilliseconds(40));
-        DeadlineScheduler.Schedule(moved, movedDue);
+        PreciseTimerThread.Schedule(moved, movedDue);
 
         await Wait.UntilAsync(() => log.Count == 3, "all three targets are woken");
         await Task.Delay(50);
@@ -45,9 +45,9 @@ public class DeadlineSchedulerTests
         var log = new ConcurrentQueue<(Target, long)>();
         var cancelled = new Target(log);
         var kept = new Target(log);
-        DeadlineScheduler.Schedule(cancelled, In(TimeSpan.FromMilliseconds(5)));
-        DeadlineScheduler.Schedule(kept, In(TimeSpan.FromMilliseconds(20)));
-        DeadlineScheduler.Cancel(cancelled);
+        PreciseTimerThread.Schedule(cancelled, In(TimeSpan.FromMilliseconds(5)));
+        PreciseTimerThread.Schedule(kept, In(TimeSpan.FromMilliseconds(20)));
+        PreciseTimerThread.Cancel(cancelled);
 
         await Wait.UntilAsync(() => !log.IsEmpty, "the kept target is woken");
         await Task.Delay(20);
@@ -59,7 +59,7 @@ public class DeadlineSchedulerTests
     public async Task A_partial_batch_on_the_system_clock_goes_at_its_deadline()
     {
         var handler = new RecordingHandler();
-        await using var processor = BatchProcessor.Create(handler.Handler, new BatchingOptions { MaxBatchSize = 10, MaxDelay = TimeSpan.FromMilliseconds(20) });
+        await using var processor = BatchProcessor.Create(handler.Handler, new BatchingOptions { MaxBatchSize = 10, MaxDelay = TimeSpan.FromMilliseconds(20), FlushPolicy = FlushPolicy.Deadline });
         var clock = Stopwatch.StartNew();
 
         Assert.Equal(7, await processor.ProcessAsync(3).WithinBoundAsync());

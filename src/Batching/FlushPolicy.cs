@@ -1,3 +1,5 @@
+using Batching.Policies;
+
 namespace Batching;
 
 /// <summary>
@@ -9,14 +11,18 @@ namespace Batching;
 /// <remarks>
 /// <para>Write your own policy by deriving from this class. The processor calls <see cref="Decide"/> and
 /// <see cref="OnBatchCompleted"/> under its internal lock, one call at a time, so a policy needs no
-/// synchronization of its own, but both calls must be quick and must not block.</para>
+/// synchronization of its own, but both calls must be quick and must not block: while they run, the processor's
+/// callers wait for its lock. They run on that processor's own dispatcher or on the thread that finished a batch,
+/// never on a thread shared with other processors, so a slow policy delays only its own processor. A policy that
+/// throws is logged and treated as "dispatch now".</para>
 /// <para>A policy that learns from completed batches keeps state: override <see cref="CreateInstance"/> to
 /// return a fresh instance, so that processors built from the same options never share what they learned.</para>
 /// </remarks>
 public abstract class FlushPolicy
 {
-    /// <summary>Latency first: dispatch everything queued (up to <see cref="BatchingOptions.MaxBatchSize"/>) as soon as
-    /// a full batch is queued or the oldest item has waited <see cref="BatchingOptions.MaxDelay"/>. The default.</summary>
+    /// <summary>Latency bound first: dispatch everything queued (up to <see cref="BatchingOptions.MaxBatchSize"/>) as soon as
+    /// a full batch is queued or the oldest item has waited <see cref="BatchingOptions.MaxDelay"/>. Every partial batch
+    /// waits out MaxDelay, even at idle.</summary>
     public static FlushPolicy Deadline { get; } = new DeadlineFlushPolicy();
 
     /// <summary>
@@ -33,6 +39,7 @@ public abstract class FlushPolicy
     /// Adapts to load: no fixed wait at low load (a free slot takes what is queued at once), batches grow
     /// naturally under load while earlier batches run, and a partial batch is held only when an online model of
     /// the batch cost predicts that waiting raises throughput within <see cref="AdaptiveFlushOptions.LatencyTarget"/>.
+    /// The default of <see cref="BatchingOptions.FlushPolicy"/>.
     /// </summary>
     /// <param name="options">Tuning; <see langword="null"/> for defaults.</param>
     /// <returns>The policy.</returns>

@@ -1,0 +1,691 @@
+using System.Buffers;
+using System.Diagnostics;
+using System.Runtime.CompilerServices;
+using Batching.Diagnostics;
+using Batching.Internal.Admission;
+using Batching.Internal.Timing;
+
+namespace Batching.Internal.Execution;
+
+/// <summary>
+/// One handler call's worth of requests: its buffers (rented to the size of the batch), its cancellation source, its
+/// execution-timeout timer, and the inline resumption of its callers. A batch object is pooled by its processor;
+/// <see cref="Generation"/> tells its uses apart.
+/// </summary>
+/// <remarks>
+/// <para>Life of one use (see <see cref="BatchState"/>): the processor <em>starts</em> it under its lock, taking a
+/// slot; the handler runs on a pool thread (never on the dispatcher) in a clean ExecutionContext; when it returns the
+/// processor <em>completes</em> it (slot freed) and the batch resumes its callers; or the processor <em>times it
+/// out</em> or <em>abandons</em> it first (slot freed, callers failed, handler cancelled but perhaps still running).
+/// The batch <em>retires</em> once the handler has returned and no resumer is left, and only then are its buffers
+/// reused, so a handler that ignores its token can never see them change under it.</para>
+/// <para>Exactly one party completes each caller: every path claims a request by compare-and-swap
+/// (<see cref="Request{TIn, TOut}.TryClaimFromBatch"/>) before completing it.</para>
+/// <para><b>Resuming callers inline.</b> A batch that ends normally runs its callers' continuations itself, one after
+/// another, on the thread that finished the handler: one thread-pool work item per batch instead of one per caller.
+/// The risk is a continuation that blocks (a caller that waits synchronously on something, even on a sibling's
+/// result): its siblings would wait behind it. The claim index <see cref="_nextToResume"/> is shared, so more workers
+/// can join: the <see cref="ResumeWatch{TIn, TOut}"/> on the shared precise thread looks every
+/// <see cref="ResumeWatch{TIn, TOut}.Period"/> and, while callers are still unclaimed, queues one more helper that
+/// resumes them. A blocking caller delays its siblings by about half a millisecond, never forever; a caller that blocks
+/// on a sibling's result is released as soon as a helper resumes that sibling; a long burst of slow continuations
+/// spreads over more threads.</para>
+/// </remarks>
+internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
+{
+    private static readonly ContextCallback s_invokeHandler = static s => ((Batch<TIn, TOut>)s!).InvokeWholeBatch();
+    private static readonly ContextCallback s_invokeRange = static s => ((Batch<TIn, TOut>)s!).InvokeRange();
+    private static readonly ContextCallback s_handlerReturned = static s => ((Batch<TIn, TOut>)s!).HandlerReturned();
+    private static readonly ContextCallback s_awaitedHandlerReturned = static s => ((Batch<TIn, TOut>)s!).AwaitedHandlerReturned();
+
+    private readonly BatchContext<TIn, TOut> _context;
+    private readonly ExecutionContext _handlerContext;
+    private readonly ResumeWatch<TIn, TOut> _watch;
+    private readonly Action _onHandlerCompleted;
+    private readonly Lock _resumeSync = new();
+
+    private int _state;
+    private int _generation;
+    private Request<TIn, TOut>[] _items = [];
+    private TIn[] _inputs = [];
+    private TOut[] _outputs = [];
+    private int _count;
+    private int _live;
+    private long _startTimestamp;
+    private TimeSpan _duration;
+
+    // The source is replaced, never reset, once it was handed out to be cancelled: the Cancel may still be running.
+    private CancellationTokenSource _cts = new();
+    private bool _ctsHandedOut;
+
+    private DeadlineTimer? _timeoutTimer;
+    private long _timeoutTimerDue = Timestamps.Never;
+
+    private Activity? _activity;
+    private ValueTask _pendingHandler;
+    private ConfiguredValueTaskAwaitable.ConfiguredValueTaskAwaiter _awaiter;
+    private Exception? _handlerError;
+    private int _rangeStart, _rangeLength;
+
+    // Resumption (Completing only): the shared claim index, workers inside the loop, and whether the dispatcher is
+    // holding partial batches for this burst of returning callers.
+    private int _nextToResume;
+    private int _resumers;
+    private int _burstOpen;
+
+    public Batch(BatchContext<TIn, TOut> context, object processor)
+    {
+        _context = context;
+        _handlerContext = new HandlerScope(processor, () => State == BatchState.Running).CreateContext();
+        _watch = new ResumeWatch<TIn, TOut>(this);
+        _onHandlerCompleted = () => CleanContext.Run(s_awaitedHandlerReturned, this);
+    }
+
+    public BatchState State => (BatchState)Volatile.Read(ref _state);
+
+    public int Generation => Volatile.Read(ref _generation);
+
+    public int Count => _count;
+
+    /// <summary>Start: takes <paramref name="count"/> requests from the head of <paramref name="queue"/> into this batch.</summary>
+    public void StartLocked(AdmissionQueue<TIn, TOut> queue, int count, long now)
+    {
+        Debug.Assert(queue.Sync.IsHeldByCurrentThread && State == BatchState.Idle && count >= 1);
+        EnsureCapacity(count);
+        int generation = _generation;
+        for (int i = 0; i < count; i++)
+        {
+            Request<TIn, TOut> request = queue.DequeueLocked();
+            request.MoveTo(RequestState.InBatch);
+            request.Batch = this;
+            request.BatchGeneration = generation;
+            _items[i] = request;
+            _inputs[i] = request.Input;
+        }
+
+        _count = count;
+        _live = count;
+        _startTimestamp = now;
+        _handlerError = null;
+        _nextToResume = 0;
+        if (_ctsHandedOut)
+        {
+            _cts = new CancellationTokenSource();
+            _ctsHandedOut = false;
+        }
+        else if (!_cts.TryReset())
+        {
+            _cts.Dispose();
+            _cts = new CancellationTokenSource();
+        }
+
+        ArmTimeoutLocked(now);
+        SetState(BatchState.Running);
+    }
+
+    void IThreadPoolWorkItem.Execute() => Run();
+
+    /// <summary>Runs the handler: on a pool thread, or on the caller's thread for the idle fast path. Outside every lock.</summary>
+    public void Run()
+    {
+        // Unwritten outputs then read as default, never as another caller's result from an earlier batch.
+        Array.Clear(_outputs, 0, _count);
+        if (_cts.IsCancellationRequested)
+        {
+            // Every caller cancelled before the handler started: nothing to compute.
+            CleanContext.Run(s_handlerReturned, this);
+            return;
+        }
+
+        ExecutionContext.Run(_handlerContext, s_invokeHandler, this);
+        if (_handlerError is not null || _pendingHandler.IsCompleted)
+        {
+            ObservePendingHandler();
+            CleanContext.Run(s_handlerReturned, this);
+            return;
+        }
+
+        _awaiter = _pendingHandler.ConfigureAwait(false).GetAwaiter();
+        _pendingHandler = default;
+        _context.Owner.OnHandlerPending(pending: true);
+        // Nothing of this batch may be touched after this call: the handler may complete, and the batch retire, at once.
+        _awaiter.UnsafeOnCompleted(_onHandlerCompleted);
+    }
+
+    /// <summary>In the handler's context: telemetry for the start, then the handler call.</summary>
+    private void InvokeWholeBatch()
+    {
+        RecordStart();
+        InvokeHandler(0, _count);
+    }
+
+    /// <summary>In the handler's context: one rerun of poison isolation, inside the batch's activity.</summary>
+    private void InvokeRange()
+    {
+        if (_activity is not null)
+        {
+            Activity.Current = _activity;
+        }
+
+        InvokeHandler(_rangeStart, _rangeLength);
+    }
+
+    private void InvokeHandler(int start, int length)
+    {
+        try
+        {
+            _pendingHandler = _context.Handler(_inputs.AsMemory(start, length), _outputs.AsMemory(start, length), _cts.Token);
+        }
+        catch (Exception ex)
+        {
+            _pendingHandler = default;
+            _handlerError = ex;
+        }
+    }
+
+    private void RecordStart()
+    {
+        ProcessorTelemetry telemetry = _context.Telemetry;
+        telemetry.BatchStarted(_count);
+        if (telemetry.QueueWaitEnabled)
+        {
+            for (int i = 0; i < _count; i++)
+            {
+                telemetry.QueueWait(_context.Time.GetElapsedTime(_items[i].ArrivalTimestamp, _startTimestamp));
+            }
+        }
+
+        // In the handler's clean context Activity.Current is null, so the batch's activity is a root: never a child of
+        // the previous batch or of whoever built the processor. It links to its callers' activities instead.
+        _activity = telemetry.StartBatchActivity(_items, _count);
+    }
+
+    private void ObservePendingHandler()
+    {
+        try
+        {
+            _pendingHandler.GetAwaiter().GetResult();
+        }
+        catch (Exception ex)
+        {
+            _handlerError ??= ex;
+        }
+
+        _pendingHandler = default;
+    }
+
+    private void AwaitedHandlerReturned()
+    {
+        _context.Owner.OnHandlerPending(pending: false);
+        try
+        {
+            _awaiter.GetResult();
+        }
+        catch (Exception ex)
+        {
+            _handlerError = ex;
+        }
+
+        _awaiter = default;
+        HandlerReturned();
+    }
+
+    /// <summary>The handler returned (or threw). Runs in the clean context.</summary>
+    private void HandlerReturned()
+    {
+        _duration = _context.Time.GetElapsedTime(_startTimestamp);
+        Exception? error = _handlerError;
+        bool cancelled = _cts.IsCancellationRequested;
+        if (error is not null && !cancelled)
+        {
+            Log.BatchFailed(_context.Logger, _context.Name, _count, error);
+        }
+
+        if (error is not null && !cancelled && _context.PoisonIsolationDepth > 0 && _count > 1 && State == BatchState.Running)
+        {
+            _ = IsolateThenFinishAsync(error);
+            return;
+        }
+
+        Finish(error is null);
+    }
+
+    private void Finish(bool succeeded)
+    {
+        BatchState state = _context.Owner.OnHandlerReturned(this, _duration, succeeded);
+        string outcome = state switch
+        {
+            BatchState.TimedOut => Outcomes.Timeout,
+            BatchState.Abandoned => Outcomes.Failure,
+            _ when succeeded => Outcomes.Success,
+            _ => _cts.IsCancellationRequested ? Outcomes.Cancelled : Outcomes.Failure,
+        };
+        _context.Telemetry.BatchFinished(_duration, outcome);
+        if (_activity is { } activity)
+        {
+            _activity = null;
+            _context.Telemetry.StopBatchActivity(activity, outcome);
+        }
+
+        if (state == BatchState.Completing)
+        {
+            ResumeCallers();
+        }
+        else
+        {
+            Retire();
+        }
+    }
+
+    /// <summary>Complete (under the processor's lock, which also frees the slot): Running to Completing.</summary>
+    /// <returns>Whether a burst of inline resumptions opens: the dispatcher holds partial batches until it closes,
+    /// because the callers about to be resumed will mostly queue again at once.</returns>
+    public bool CompleteLocked()
+    {
+        Debug.Assert(State == BatchState.Running);
+        bool burst = _count > 1;
+        _resumers = 1;
+        _burstOpen = burst ? 1 : 0;
+        SetState(BatchState.Completing);
+        return burst;
+    }
+
+    private void ResumeCallers()
+    {
+        // Claim every caller first, so the outcome counts are recorded before any caller can observe its result, and a
+        // caller cancelled from now on is simply too late.
+        int count = _count, completed = 0, failed = 0;
+        Exception? error = _handlerError;
+        for (int i = 0; i < count; i++)
+        {
+            Request<TIn, TOut> request = _items[i];
+            if (!request.TryClaimFromBatch())
+            {
+                // Completed already (cancelled while the batch ran): nothing to resume, and nothing else refers to it.
+                request.ReleaseEngineReference();
+                _items[i] = null!;
+            }
+            else if (error is not null || _context.IsMissing(_outputs[i]))
+            {
+                failed++;
+            }
+            else
+            {
+                completed++;
+            }
+        }
+
+        _context.Telemetry.RequestsFinished(Outcomes.Completed, completed);
+        _context.Telemetry.RequestsFinished(Outcomes.Failed, failed);
+        if (Volatile.Read(ref _burstOpen) != 0)
+        {
+            _watch.Start(_generation);
+        }
+
+        RunResumeLoop();
+    }
+
+    /// <summary>One resumer: takes claimed callers by index and completes each inline, until none is left. Also run by helpers.</summary>
+    internal void RunResumeLoop()
+    {
+        int count = _count;
+        Exception? error = _handlerError;
+        while (true)
+        {
+            int i = Interlocked.Increment(ref _nextToResume) - 1;
+            if (i >= count)
+            {
+                break;
+            }
+
+            Request<TIn, TOut>? request = _items[i];
+            if (request is null)
+            {
+                continue;
+            }
+
+            try
+            {
+                if (error is not null)
+                {
+                    request.SetException(_context.HandlerFailure(error, count), inline: true);
+                }
+                else if (_context.IsMissing(_outputs[i]))
+                {
+                    request.SetException(_context.MissingOutput(i, count), inline: true);
+                }
+                else
+                {
+                    request.SetResult(_outputs[i], inline: true);
+                }
+            }
+            catch (Exception ex)
+            {
+                // Only a custom awaiter's continuation can throw here; it must not cost its siblings their results.
+                Log.ContinuationFailed(_context.Logger, _context.Name, ex);
+            }
+
+            request.ReleaseEngineReference();
+        }
+
+        CloseBurst();
+        lock (_resumeSync)
+        {
+            if (--_resumers > 0)
+            {
+                return;
+            }
+        }
+
+        Retire();
+    }
+
+    /// <summary>The watch's periodic look at a resumption, on the shared precise thread: must not block.</summary>
+    /// <returns>Whether to look again after another period.</returns>
+    /// <remarks>Callers still unclaimed a whole period after resumption began means the resumers are slow: one
+    /// continuation blocks, or they are merely many and long. Either way one more helper joins per period, so a
+    /// blocked continuation delays its siblings by about a period and a long burst spreads over the pool's threads.</remarks>
+    internal bool CheckResumeProgress(int generation)
+    {
+        lock (_resumeSync)
+        {
+            if (_generation != generation || State != BatchState.Completing || _resumers == 0
+                || Volatile.Read(ref _nextToResume) >= _count)
+            {
+                return false; // finished, or every caller has been resumed: what they still run is their own business
+            }
+
+            _resumers++;
+        }
+
+        // The dispatcher need not hold partial batches for this burst any longer.
+        CloseBurst();
+        ThreadPool.UnsafeQueueUserWorkItem(_watch, preferLocal: false);
+        return true;
+    }
+
+    private void CloseBurst()
+    {
+        if (Interlocked.Exchange(ref _burstOpen, 0) != 0)
+        {
+            _context.Owner.OnResumeBurstClosed();
+        }
+    }
+
+    /// <summary>Retire: the handler has returned and no resumer is left; the batch object may be reused.</summary>
+    private void Retire()
+    {
+        int count = _count;
+        if (State is BatchState.TimedOut or BatchState.Abandoned)
+        {
+            // Their callers were failed by the timeout or the shutdown; the references are released only now, when no
+            // path can touch the requests any more.
+            for (int i = 0; i < count; i++)
+            {
+                _items[i].ReleaseEngineReference();
+            }
+        }
+
+        Array.Clear(_items, 0, count);
+        if (RuntimeHelpers.IsReferenceOrContainsReferences<TIn>())
+        {
+            Array.Clear(_inputs, 0, count);
+        }
+
+        if (RuntimeHelpers.IsReferenceOrContainsReferences<TOut>())
+        {
+            Array.Clear(_outputs, 0, count);
+        }
+
+        _handlerError = null;
+        lock (_resumeSync)
+        {
+            SetState(BatchState.Idle);
+            _generation++;
+        }
+
+        _context.Owner.OnRetired(this);
+    }
+
+    /// <summary>A running item's caller cancelled (under the processor's lock, after the caller was claimed).</summary>
+    /// <returns>The source to cancel once the lock is released, when nobody is left to wait for the handler.</returns>
+    public CancellationTokenSource? OnItemCanceledLocked(int generation)
+    {
+        if (generation != _generation || State != BatchState.Running || --_live != 0)
+        {
+            return null;
+        }
+
+        return TakeCancellationLocked();
+    }
+
+    /// <summary>The execution timer fired (under the processor's lock).</summary>
+    /// <returns>Whether this use ran past ExecutionTimeout; if it has time left, the timer is re-armed for it.</returns>
+    public bool ExecutionTimerFiredLocked(long now)
+    {
+        _timeoutTimerDue = Timestamps.Never;
+        if (State != BatchState.Running)
+        {
+            return false;
+        }
+
+        long deadline = Timestamps.Add(_startTimestamp, _context.ExecutionTimeout, _context.Time.TimestampFrequency);
+        if (now >= deadline)
+        {
+            return true;
+        }
+
+        // Armed by an earlier use of this batch object: the current use has time left.
+        _timeoutTimerDue = deadline;
+        _timeoutTimer!.ArmAt(deadline);
+        return false;
+    }
+
+    /// <summary>TimeOut (under the processor's lock, which also frees the slot): fails every caller nobody completed yet.</summary>
+    public int TimeOutLocked(out CancellationTokenSource? cts) => GiveUpLocked(BatchState.TimedOut, _context.TimeoutFailure, out cts);
+
+    /// <summary>Abandon (shutdown, under the processor's lock, which also frees the slot): fails every caller nobody completed yet.</summary>
+    public int AbandonLocked(string reason, out CancellationTokenSource? cts) =>
+        GiveUpLocked(BatchState.Abandoned, _ => new ObjectDisposedException(_context.Name, reason), out cts);
+
+    private int GiveUpLocked(BatchState to, Func<int, Exception> failure, out CancellationTokenSource? cts)
+    {
+        Debug.Assert(State == BatchState.Running);
+        SetState(to);
+        int failed = 0;
+        for (int i = 0; i < _count; i++)
+        {
+            // Continuations go to the pool: this runs under the processor's lock.
+            if (_items[i].TryClaimFromBatch())
+            {
+                _items[i].SetException(failure(_count), inline: false);
+                failed++;
+            }
+        }
+
+        cts = TakeCancellationLocked();
+        return failed;
+    }
+
+    private CancellationTokenSource? TakeCancellationLocked()
+    {
+        if (_ctsHandedOut)
+        {
+            return null;
+        }
+
+        _ctsHandedOut = true;
+        return _cts;
+    }
+
+    /// <summary>Cancels outside every lock: the handler's callbacks run inline and may call back into the processor.</summary>
+    public static void Cancel(CancellationTokenSource? cts)
+    {
+        if (cts is null)
+        {
+            return;
+        }
+
+        try
+        {
+            cts.Cancel();
+        }
+        catch (AggregateException)
+        {
+            // A handler's cancellation callback threw; that is the handler's problem, not the callers'.
+        }
+    }
+
+    /// <summary>
+    /// Poison isolation: rerun the failed batch in halves, recursively, so that only the inputs that make the handler
+    /// fail fail their callers. The batch keeps its slot meanwhile. Off the hot path: it allocates.
+    /// </summary>
+    private async Task IsolateThenFinishAsync(Exception firstError)
+    {
+        try
+        {
+            await IsolateAsync(0, _count, _context.PoisonIsolationDepth, firstError).ConfigureAwait(false);
+        }
+        catch (Exception ex)
+        {
+            CompleteRange(0, _count, ex);
+        }
+
+        Finish(succeeded: false);
+    }
+
+    private async Task IsolateAsync(int start, int end, int depth, Exception? failure)
+    {
+        if (failure is null)
+        {
+            if (_cts.IsCancellationRequested)
+            {
+                return; // Timed out, shut down or every caller cancelled: the callers are already released.
+            }
+
+            Array.Clear(_outputs, start, end - start);
+            try
+            {
+                await InvokeRangeAsync(start, end - start).ConfigureAwait(false);
+                CompleteRange(start, end, null);
+                return;
+            }
+            catch (Exception ex)
+            {
+                failure = ex;
+            }
+        }
+
+        if (depth == 0 || end - start <= 1 || _cts.IsCancellationRequested)
+        {
+            CompleteRange(start, end, failure);
+            return;
+        }
+
+        int middle = start + (end - start) / 2;
+        await IsolateAsync(start, middle, depth - 1, null).ConfigureAwait(false);
+        await IsolateAsync(middle, end, depth - 1, null).ConfigureAwait(false);
+    }
+
+    private ValueTask InvokeRangeAsync(int start, int length)
+    {
+        _rangeStart = start;
+        _rangeLength = length;
+        Exception? first = _handlerError;
+        _handlerError = null;
+        ExecutionContext.Run(_handlerContext, s_invokeRange, this);
+        ValueTask pending = _pendingHandler;
+        Exception? error = _handlerError;
+        _pendingHandler = default;
+        _handlerError = first;
+        return error is null ? pending : ValueTask.FromException(error);
+    }
+
+    /// <summary>Hands outputs (or the failure) to the callers of items [start, end) that nobody completed yet (isolation only).</summary>
+    private void CompleteRange(int start, int end, Exception? error)
+    {
+        for (int i = start; i < end; i++)
+        {
+            Request<TIn, TOut> item = _items[i];
+            if (!item.TryClaimFromBatch())
+            {
+                continue;
+            }
+
+            // Counted before the caller can observe its result.
+            if (error is not null)
+            {
+                _context.Telemetry.RequestsFinished(Outcomes.Failed, 1);
+                item.SetException(_context.HandlerFailure(error, end - start), inline: false);
+            }
+            else if (_context.IsMissing(_outputs[i]))
+            {
+                _context.Telemetry.RequestsFinished(Outcomes.Failed, 1);
+                item.SetException(_context.MissingOutput(i, end - start), inline: false);
+            }
+            else
+            {
+                _context.Telemetry.RequestsFinished(Outcomes.Completed, 1);
+                item.SetResult(_outputs[i], inline: false);
+            }
+        }
+    }
+
+    private void ArmTimeoutLocked(long now)
+    {
+        long deadline = Timestamps.Add(now, _context.ExecutionTimeout, _context.Time.TimestampFrequency);
+        if (deadline == Timestamps.Never)
+        {
+            return;
+        }
+
+        // Timer changes take a process-wide lock and were the largest fixed cost of a small batch, so the timer stays
+        // armed across uses: one armed for an earlier, sooner deadline fires early, and ExecutionTimerFiredLocked
+        // re-arms it for this use. At most one expiry per ExecutionTimeout per batch object.
+        if (_timeoutTimerDue <= deadline)
+        {
+            return;
+        }
+
+        _timeoutTimer ??= DeadlineTimer.Create(_context.Time, () => _context.Owner.OnExecutionTimer(this), precise: false);
+        _timeoutTimerDue = deadline;
+        _timeoutTimer.ArmAt(deadline);
+    }
+
+    /// <summary>Buffers rented to the size of the batch: kept while they fit, swapped when much too small or too large.</summary>
+    private void EnsureCapacity(int count)
+    {
+        Resize(ref _items, count);
+        Resize(ref _inputs, count);
+        Resize(ref _outputs, count);
+
+        static void Resize<T>(ref T[] array, int count)
+        {
+            if (array.Length >= count && array.Length <= Math.Max(64, count * 4))
+            {
+                return;
+            }
+
+            if (array.Length > 0)
+            {
+                ArrayPool<T>.Shared.Return(array, clearArray: RuntimeHelpers.IsReferenceOrContainsReferences<T>());
+            }
+
+            array = ArrayPool<T>.Shared.Rent(count);
+        }
+    }
+
+    private void SetState(BatchState state) => Volatile.Write(ref _state, (int)state);
+
+    /// <summary>Releases the timer and the buffers of an idle batch object (processor disposal).</summary>
+    public void DisposeResources()
+    {
+        _timeoutTimer?.Dispose();
+        if (State == BatchState.Idle)
+        {
+            _items = [];
+            _inputs = [];
+            _outputs = [];
+        }
+    }
+}

@@ -1,0 +1,36 @@
+using System.Diagnostics;
+using Batching.Internal.Timing;
+
+namespace Batching.Internal.Execution;
+
+/// <summary>
+/// Watches one batch while it resumes its callers inline, from the shared precise thread, and queues a helper
+/// resumer when a continuation blocks. One per batch object; also the helper's work item.
+/// </summary>
+internal sealed class ResumeWatch<TIn, TOut>(Batch<TIn, TOut> batch) : IDeadlineTarget, IThreadPoolWorkItem
+{
+    /// <summary>How often a resumption is looked at: a continuation that blocks delays its siblings by about one period.</summary>
+    public static readonly TimeSpan Period = TimeSpan.FromMilliseconds(0.5);
+
+    private static readonly long s_periodTicks = (long)(Period.TotalSeconds * Stopwatch.Frequency);
+
+    private int _generation;
+
+    /// <summary>Starts watching the current use of the batch (its generation); replaces the watch of an earlier use.</summary>
+    public void Start(int generation)
+    {
+        Volatile.Write(ref _generation, generation);
+        PreciseTimerThread.Schedule(this, Stopwatch.GetTimestamp() + s_periodTicks);
+    }
+
+    void IDeadlineTarget.OnDeadline()
+    {
+        if (batch.CheckResumeProgress(Volatile.Read(ref _generation)))
+        {
+            PreciseTimerThread.Schedule(this, Stopwatch.GetTimestamp() + s_periodTicks);
+        }
+    }
+
+    /// <summary>A helper resumer, queued by <see cref="Batch{TIn, TOut}.CheckResumeProgress"/>.</summary>
+    void IThreadPoolWorkItem.Execute() => batch.RunResumeLoop();
+}
