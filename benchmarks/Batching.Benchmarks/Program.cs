@@ -12,13 +12,18 @@ namespace Batching.Benchmarks;
 ///   (BenchmarkDotNet arguments)  the overhead suite, e.g. --filter '*'; writes benchmarks/results/overhead.md
 ///   curves [--quick] [--out DIR] open-loop load curves for every flush policy; writes curves.md and PNG plots
 ///   probe METHOD C [S] [--alloc-types]  one overhead scenario on a stopwatch for S seconds, with allocations per request
-///   quick                        a few-second smoke run of both, into a temp folder (CI: compiles and executes, never gates on timing)
+///   harness [--rounds N] [--seconds S] [--callers C] [--only A,B] [--out DIR]
+///                                the closed-loop harness of issue "Core v2" (C = 256 callers vs the Channel baseline,
+///                                alternating rounds, median ratio); writes closed-loop.md
+///   quick                        a few-second smoke run of all of them, into a temp folder (CI: compiles and executes, never gates on timing)
 /// </summary>
 public static class Program
 {
     public static int Main(string[] args)
     {
-        CultureInfo.DefaultThreadCurrentCulture = CultureInfo.CurrentCulture = CultureInfo.InvariantCulture;
+        // The default only: setting CurrentCulture here would put a culture AsyncLocal, with its change notifications, into
+        // every caller's ExecutionContext and charge every continuation of every target for it.
+        CultureInfo.DefaultThreadCurrentCulture = CultureInfo.InvariantCulture;
         Machine.LoadAverageAtStart = Machine.LoadAverage();
         string command = "dotnet run -c Release --project benchmarks/Batching.Benchmarks -- " + string.Join(' ', args);
         if (args.Length > 0 && args[0] == "curves")
@@ -33,6 +38,11 @@ public static class Program
             // probe METHOD CALLERS [SECONDS] [--alloc-types]: one scenario on a stopwatch, for investigation.
             double seconds = args.Length > 3 && double.TryParse(args[3], CultureInfo.InvariantCulture, out double s) ? s : 5;
             return OverheadProbe.Run(args[1], int.Parse(args[2], CultureInfo.InvariantCulture), TimeSpan.FromSeconds(seconds), args.Contains("--alloc-types"));
+        }
+
+        if (args.Length > 0 && args[0] == "harness")
+        {
+            return ClosedLoopHarness.Run(args, command);
         }
 
         if (args.Length > 0 && args[0] == "quick")
@@ -65,10 +75,11 @@ public static class Program
         }
 
         OverheadReport.Write(summary, output, command, quick: true);
+        ClosedLoopHarness.Run(["harness", "--rounds", "1", "--seconds", "0.5", "--quick", "--out", output], command);
         return CurveSweep.Run(CurveSweep.Quick, output, command);
     }
 
-    private static string? OptionValue(string[] args, string name)
+    internal static string? OptionValue(string[] args, string name)
     {
         int i = Array.IndexOf(args, name);
         return i >= 0 && i + 1 < args.Length ? args[i + 1] : null;

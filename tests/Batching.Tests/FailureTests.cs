@@ -42,7 +42,7 @@ public class FailureTests
     public async Task Poison_isolation_fails_only_the_failing_inputs_when_deep_enough(int depth)
     {
         var handler = new RecordingHandler { IsPoison = x => x == 5 };
-        await using var processor = BatchProcessor.Create(handler.Handler, new BatchingOptions { MaxBatchSize = 8, MaxDelay = TimeSpan.FromSeconds(5), PoisonIsolationDepth = depth });
+        await using var processor = BatchProcessor.Create(handler.Handler, new BatchingOptions { MaxBatchSize = 8, MaxDelay = TimeSpan.FromSeconds(5), PoisonIsolationDepth = depth, FlushPolicy = FlushPolicy.Deadline });
         var calls = Enumerable.Range(0, 8).Select(i => processor.ProcessAsync(i).AsTask()).ToArray();
         await Task.WhenAll(calls.Select(c => c.ContinueWith(_ => { }, TaskScheduler.Default))).WithinBoundAsync();
 

@@ -32,15 +32,17 @@ internal static class OverheadProbe
         long items0 = ThreadPool.CompletedWorkItemCount, locks0 = Monitor.LockContentionCount;
         long batches0 = Volatile.Read(ref NoOpHandler.Batches), batchItems0 = Volatile.Read(ref NoOpHandler.Items);
         int gen0 = GC.CollectionCount(0);
+        TimeSpan cpu0 = Process.GetCurrentProcess().TotalProcessorTime;
         var watch = Stopwatch.StartNew();
         Thread.Sleep(duration);
         watch.Stop();
+        TimeSpan cpu = Process.GetCurrentProcess().TotalProcessorTime - cpu0;
         long requests = loop.Completed - requests0;
         long batches = Volatile.Read(ref NoOpHandler.Batches) - batches0, batchItems = Volatile.Read(ref NoOpHandler.Items) - batchItems0;
         double bytes = GC.GetTotalAllocatedBytes(precise: true) - bytes0;
         double items = ThreadPool.CompletedWorkItemCount - items0, locks = Monitor.LockContentionCount - locks0;
         loop.DisposeAsync().AsTask().GetAwaiter().GetResult();
-        Console.WriteLine($"{method} C={callers}: {requests / watch.Elapsed.TotalSeconds:N0} requests/s, {watch.Elapsed.TotalMilliseconds * 1e6 / requests:N0} ns/request, " +
+        Console.WriteLine($"{method} C={callers}: {requests / watch.Elapsed.TotalSeconds:N0} requests/s, {watch.Elapsed.TotalMilliseconds * 1e6 / requests:N0} ns/request, {cpu.TotalMilliseconds * 1e6 / requests:N0} CPU ns/request, " +
             $"{bytes / requests:0.00} B/request, {items / requests:0.000} work items/request, {locks / requests:0.0000} lock contentions/request, {GC.CollectionCount(0) - gen0} gen0 GCs, mean batch {(batches == 0 ? 0 : (double)batchItems / batches):0.0}");
         sampler?.Print(bytes);
         return 0;

@@ -46,15 +46,21 @@ internal sealed class DirectTarget(int callers) : RequestTarget
     }
 }
 
-/// <summary>This library.</summary>
-internal sealed class LibraryTarget(FlushPolicy policy, bool inlineWhenIdle = false) : RequestTarget
+/// <summary>This library; a null policy keeps the default.</summary>
+internal sealed class LibraryTarget(FlushPolicy? policy, bool inlineWhenIdle = false) : RequestTarget
 {
-    private readonly IBatchProcessor<int, int> _processor = BatchProcessor.Create(NoOpHandler.Instance, new BatchingOptions
+    private readonly IBatchProcessor<int, int> _processor = BatchProcessor.Create(NoOpHandler.Instance, Options(policy, inlineWhenIdle));
+
+    private static BatchingOptions Options(FlushPolicy? policy, bool inlineWhenIdle)
     {
-        MaxBatchSize = OverheadBenchmarks.MaxBatchSize,
-        FlushPolicy = policy,
-        InlineWhenIdle = inlineWhenIdle,
-    });
+        var options = new BatchingOptions { MaxBatchSize = OverheadBenchmarks.MaxBatchSize, InlineWhenIdle = inlineWhenIdle };
+        if (policy is not null)
+        {
+            options.FlushPolicy = policy;
+        }
+
+        return options;
+    }
 
     public override ValueTask<int> CallAsync(int caller, int input) => _processor.ProcessAsync(input);
 

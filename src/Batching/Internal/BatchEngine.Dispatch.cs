@@ -7,19 +7,51 @@ namespace Batching.Internal;
 
 internal sealed partial class BatchEngine<TIn, TOut>
 {
-    /// <summary>
-    /// One run of the dispatcher (on a pool thread, scheduled by <see cref="Dispatch.DispatchWakeUp"/>, never
-    /// concurrent with itself): starts batches while slots are free and the policy says go, then records what should
-    /// wake it and returns. Each batch's handler runs on a pool work item of its own, never here.
-    /// </summary>
-    private void Dispatch()
+    /// <summary>A run of the dispatcher scheduled by <see cref="Dispatch.DispatchWakeUp"/>, on its own pool work item. The
+    /// first batch it starts runs on this same thread once the dispatcher role is released: one hop, not two.</summary>
+    private void RunDispatcher() => Batch<TIn, TOut>.RunHere(DispatchUntilIdle());
+
+    /// <summary>Dispatches until the wake-up lets the role go; returns the first batch started, for this thread to run.</summary>
+    private Batch<TIn, TOut>? DispatchUntilIdle()
     {
-        while (true)
+        Batch<TIn, TOut>? first = null;
+        do
+        {
+            DispatchSafely(ref first, keepFirst: true);
+        }
+        while (!_wakeUp.EndRun());
+
+        return first;
+    }
+
+    private void DispatchSafely(ref Batch<TIn, TOut>? first, bool keepFirst)
+    {
+        try
+        {
+            Dispatch(ref first, keepFirst);
+        }
+        catch (Exception ex)
+        {
+            // A bug, or a host whose clock throws: the processor can no longer serve, and says so.
+            DispatcherFailed(ex);
+        }
+    }
+
+    /// <summary>
+    /// One run of the dispatcher (never concurrent with itself): starts batches while slots are free and the policy
+    /// says go, then records what should wake it and returns. Each batch's handler runs on a pool work item of its own,
+    /// never here; with <paramref name="keepFirst"/> (the dispatcher runs on a pool thread that just finished a batch)
+    /// the first batch is handed back for that thread to run after the dispatcher role is released.
+    /// </summary>
+    private void Dispatch(ref Batch<TIn, TOut>? first, bool keepFirst)
+    {
+        bool more = true;
+        while (more)
         {
             Batch<TIn, TOut>? batch;
             lock (_lock)
             {
-                batch = NextBatchLocked();
+                batch = NextBatchLocked(out more);
                 AssertInvariants();
             }
 
@@ -28,42 +60,59 @@ internal sealed partial class BatchEngine<TIn, TOut>
                 return;
             }
 
-            ThreadPool.UnsafeQueueUserWorkItem(batch, preferLocal: false);
+            if (keepFirst && first is null)
+            {
+                first = batch;
+            }
+            else
+            {
+                ThreadPool.UnsafeQueueUserWorkItem(batch, preferLocal: false);
+            }
         }
     }
 
-    /// <summary>Starts the next batch, or records what should wake the dispatcher and returns null.</summary>
-    private Batch<TIn, TOut>? NextBatchLocked()
+    /// <summary>Starts the next batch, or records what should wake the dispatcher and returns null. <paramref name="more"/>
+    /// is false when the dispatcher went to sleep in this same lock body (the batch just started took the last slot).</summary>
+    private Batch<TIn, TOut>? NextBatchLocked(out bool more)
     {
         Debug.Assert(_lock.IsHeldByCurrentThread);
+        more = false;
         if (_state is ProcessorState.Stopped or ProcessorState.Faulted)
         {
             return null;
         }
 
         long now = _time.GetTimestamp();
-        if (_queue.QueuedItems == 0)
+        if (_queue.QueuedItems == 0 && _state == ProcessorState.Draining && _running.Count == 0)
         {
-            if (_state == ProcessorState.Draining && _running.Count == 0)
-            {
-                StopLocked();
-                return null;
-            }
-
-            _wakeUp.SleepLocked(wakeWhenQueued: 1, Timestamps.Never, now);
+            StopLocked();
             return null;
         }
 
-        if (_running.Count >= _maxConcurrentBatches)
+        if (SlotsOccupiedLocked() >= _maxConcurrentBatches)
         {
-            _wakeUp.SleepLocked(wakeWhenQueued: int.MaxValue, Timestamps.Never, now); // a finishing batch signals
+            // Arrivals need not wake us: a finishing batch or burst does.
+            _wakeUp.SleepLocked(wakeWhenQueued: int.MaxValue, Timestamps.Never, now);
+            return null;
+        }
+
+        if (_queue.QueuedItems == 0)
+        {
+            _wakeUp.SleepLocked(wakeWhenQueued: 1, Timestamps.Never, now);
             return null;
         }
 
         int take = DecideLocked(now, out int wakeWhenQueued, out long due);
         if (take > 0)
         {
-            return StartBatchLocked(take, now);
+            Batch<TIn, TOut> batch = StartBatchLocked(take, now);
+            more = SlotsOccupiedLocked() < _maxConcurrentBatches;
+            if (!more)
+            {
+                _wakeUp.SleepLocked(wakeWhenQueued: int.MaxValue, Timestamps.Never, now);
+            }
+
+            return batch;
         }
 
         _wakeUp.SleepLocked(wakeWhenQueued, due, now);
@@ -71,12 +120,23 @@ internal sealed partial class BatchEngine<TIn, TOut>
     }
 
     /// <summary>
+    /// Slots taken for starting a new batch: batches running their handler, and batches still resuming their callers
+    /// inline. Counting the latter keeps a batch's callers and the next batch on one thread in turn when both compete
+    /// for the CPU (the callers queue their next items while they are resumed, so the next batch is fuller, and the
+    /// queue's lock and cache lines stay on one core). A burst ends within about a millisecond even when a caller's
+    /// continuation blocks (see <see cref="Execution.ResumeWatch{TIn, TOut}"/>), so this never holds a slot for long;
+    /// a batch that timed out or was abandoned frees its slot at once. For ExecutionTimeout and metrics, a batch holds
+    /// its slot only while it is in the running set.
+    /// </summary>
+    private int SlotsOccupiedLocked() => _running.Count + Volatile.Read(ref _openResumeBursts);
+
+    /// <summary>
     /// Within the hard bounds, how many of the queued items to dispatch now (a slot is free and the queue is not
     /// empty); 0 means wait until <paramref name="due"/> or until <paramref name="wakeWhenQueued"/> items are queued.
     /// </summary>
     private int DecideLocked(long now, out int wakeWhenQueued, out long due)
     {
-        Debug.Assert(_lock.IsHeldByCurrentThread && _queue.QueuedItems > 0 && _running.Count < _maxConcurrentBatches);
+        Debug.Assert(_lock.IsHeldByCurrentThread && _queue.QueuedItems > 0 && SlotsOccupiedLocked() < _maxConcurrentBatches);
         wakeWhenQueued = 0;
         due = Timestamps.Never;
         int queued = _queue.QueuedItems;
@@ -91,8 +151,8 @@ internal sealed partial class BatchEngine<TIn, TOut>
 
         if (queued < _maxBatchSize && Volatile.Read(ref _openResumeBursts) > 0)
         {
-            // A finished batch is resuming its callers right now, and most will queue again within microseconds: form
-            // the next partial batch when that burst ends (it signals), not from its first returning caller.
+            // A finished batch is resuming its callers right now (in another slot), and most will queue again within
+            // microseconds: form the next partial batch when that burst ends (it signals), not from its first caller.
             wakeWhenQueued = _maxBatchSize;
             due = bound;
             return 0;
@@ -136,8 +196,7 @@ internal sealed partial class BatchEngine<TIn, TOut>
     {
         Debug.Assert(_lock.IsHeldByCurrentThread);
         wake = false;
-        if (!_inlineWhenIdle || _queue.QueuedItems != 1 || !_wakeUp.IsIdle || _running.Count >= _maxConcurrentBatches
-            || Volatile.Read(ref _openResumeBursts) > 0)
+        if (!_inlineWhenIdle || _queue.QueuedItems != 1 || !_wakeUp.IsIdle || SlotsOccupiedLocked() >= _maxConcurrentBatches)
         {
             return null;
         }

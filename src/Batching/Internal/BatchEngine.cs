@@ -1,6 +1,7 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Diagnostics.Metrics;
+using System.Runtime.CompilerServices;
 using Batching.Diagnostics;
 using Batching.Internal.Admission;
 using Batching.Internal.Dispatch;
@@ -51,7 +52,7 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
     private readonly BatchContext<TIn, TOut> _context;
     private readonly List<Batch<TIn, TOut>> _running = [];
     private readonly ConcurrentQueue<Batch<TIn, TOut>> _idleBatches = new();
-    private readonly ConcurrentQueue<Request<TIn, TOut>> _requestPool = new();
+    private readonly RequestPool<TIn, TOut> _requestPool = new();
     private readonly FlushPolicy _policy;
     private readonly TimeProvider _time;
     private readonly long _startTimestamp;
@@ -84,7 +85,7 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
         Telemetry = new ProcessorTelemetry(DisplayName, _policy.Name, meterFactory, Logger, () => _queue.QueuedItems, () => InFlightBatches);
         _context = new BatchContext<TIn, TOut>(this, handler, timeProvider, Telemetry, Logger, DisplayName,
             options.ExecutionTimeout, options.PoisonIsolationDepth, options.OutputCheck);
-        _wakeUp = new DispatchWakeUp(timeProvider, Dispatch, DispatcherFailed);
+        _wakeUp = new DispatchWakeUp(timeProvider, RunDispatcher);
         _startTimestamp = timeProvider.GetTimestamp();
         Log.Started(Logger, DisplayName, _policy.Name, _maxBatchSize, _maxDelay, options.QueueCapacity, options.QueueFullMode, _maxConcurrentBatches, options.ExecutionTimeout);
     }
@@ -159,14 +160,11 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
                 "Such a call would wait for a batch slot that the calling handler holds, so it is refused. Compute the item directly, or use another processor."));
         }
 
-        long now = _time.GetTimestamp();
-        Request<TIn, TOut> request = _requestPool.TryDequeue(out Request<TIn, TOut>? pooled) ? pooled : new Request<TIn, TOut>(this);
-        ValueTask<TOut> result = request.Prepare(input, now, cancellationToken);
-        if (ProcessorTelemetry.Source.HasListeners() && Activity.Current is { } caller)
-        {
-            request.CallerActivity = caller.Context;
-        }
-
+        // A caller resumed inline by one of this processor's batches calls again at once: it shares the resume loop's reading.
+        long now = ResumeClock.TryGet(this, out long cached) ? cached : _time.GetTimestamp();
+        ActivityContext callerActivity = ProcessorTelemetry.Source.HasListeners() && Activity.Current is { } caller ? caller.Context : default;
+        Request<TIn, TOut>? request = null;
+        ValueTask<TOut> result = default;
         AdmissionResult admission = AdmissionResult.Rejected;
         ProcessorState state;
         Batch<TIn, TOut>? inline = null;
@@ -176,6 +174,9 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
             state = _state;
             if (state == ProcessorState.Running)
             {
+                request = _requestPool.RentLocked() ?? new Request<TIn, TOut>(this);
+                result = request.Prepare(input, now, cancellationToken);
+                request.CallerActivity = callerActivity;
                 admission = _queue.AdmitLocked(request);
                 if (admission == AdmissionResult.Queued)
                 {
@@ -189,7 +190,7 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
 
         if (state != ProcessorState.Running || admission == AdmissionResult.Rejected)
         {
-            request.ReleaseUnissued();
+            request?.ReleaseUnissued();
             Telemetry.RequestsFinished(Outcomes.Rejected, 1);
             return ValueTask.FromException<TOut>(state != ProcessorState.Running
                 ? Refusal(state)
@@ -203,14 +204,14 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
 
         if (inline is not null)
         {
-            inline.Run();
+            inline.RunInline();
             if (result.IsCompleted)
             {
                 return result;
             }
         }
 
-        request.RegisterCancellation();
+        request!.RegisterCancellation();
         return result;
     }
 
@@ -259,9 +260,7 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
         }
     }
 
-    // Unbounded on purpose: it never holds more requests than callers once had outstanding at the same time (like
-    // ArrayPool, it keeps the peak), and counting a ConcurrentQueue would cost every request a snapshot.
-    void IRequestOwner<TIn, TOut>.Return(Request<TIn, TOut> request) => _requestPool.Enqueue(request);
+    void IRequestOwner<TIn, TOut>.Return(Request<TIn, TOut> request) => _requestPool.Return(request);
 
     BatchState IBatchOwner<TIn, TOut>.OnHandlerReturned(Batch<TIn, TOut> batch, TimeSpan duration, bool succeeded)
     {
@@ -275,10 +274,14 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
                 Debug.Assert(removed);
                 if (batch.CompleteLocked())
                 {
+                    // Its slot stays taken for dispatch until the burst of resumptions closes, which wakes the
+                    // dispatcher (or runs it on this thread); signalling it now would only cost it a useless run.
                     Interlocked.Increment(ref _openResumeBursts);
                 }
-
-                wake = SlotFreedLocked();
+                else
+                {
+                    wake = SlotFreedLocked();
+                }
             }
 
             try
@@ -346,22 +349,33 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
         }
     }
 
-    void IBatchOwner<TIn, TOut>.OnResumeBurstClosed()
+    void IBatchOwner<TIn, TOut>.OnResumeBurstClosed(bool signalDispatcher)
     {
         Interlocked.Decrement(ref _openResumeBursts);
-        _wakeUp.Signal();
+        if (signalDispatcher)
+        {
+            _wakeUp.Signal();
+        }
+    }
+
+    Batch<TIn, TOut>? IBatchOwner<TIn, TOut>.TakeNextBatchHere()
+    {
+        if (!_wakeUp.TryBeginRun())
+        {
+            _wakeUp.Signal(); // running or scheduled elsewhere: make sure it looks again
+            return null;
+        }
+
+        return DispatchUntilIdle();
     }
 
     void IBatchOwner<TIn, TOut>.OnRetired(Batch<TIn, TOut> batch)
     {
         Interlocked.Decrement(ref _batchesInTransit);
-        bool keep;
-        lock (_lock)
-        {
-            keep = _state is ProcessorState.Running or ProcessorState.Draining;
-        }
 
-        if (keep)
+        // A racy read is enough: a batch pooled just as the processor stops is disposed by the shutdown's last sweep, or
+        // simply collected with it.
+        if (Volatile.Read(ref Unsafe.As<ProcessorState, int>(ref _state)) is (int)ProcessorState.Running or (int)ProcessorState.Draining)
         {
             _idleBatches.Enqueue(batch);
         }

@@ -62,6 +62,9 @@ internal sealed class Request<TIn, TOut> : ConsumeOnceValueTaskSource<TOut>
     public Request<TIn, TOut>? Next;
     public Request<TIn, TOut>? Previous;
 
+    /// <summary>The link of the pool's free list, while the request is free.</summary>
+    public Request<TIn, TOut>? NextFree;
+
     /// <summary>The batch carrying it and that batch's generation, so a late cancellation can tell a recycled batch apart.</summary>
     public Batch<TIn, TOut>? Batch;
     public int BatchGeneration;

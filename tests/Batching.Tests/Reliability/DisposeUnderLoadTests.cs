@@ -18,6 +18,7 @@ public class DisposeUnderLoadTests
             QueueCapacity = 10_000,
             MaxDelay = TimeSpan.FromHours(1),
             TimeProvider = time,
+            FlushPolicy = FlushPolicy.Deadline,
         });
         var ledger = new Ledger("dispose with thousands queued");
         for (int i = 0; i < 50; i++)

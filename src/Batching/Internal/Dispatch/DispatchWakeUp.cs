@@ -21,7 +21,6 @@ internal sealed class DispatchWakeUp : IThreadPoolWorkItem, IDisposable
     private const int Idle = 0, Scheduled = 1, Running = 2, RunningSignaled = 3;
 
     private readonly Action _dispatch;
-    private readonly Action<Exception> _onFault;
     private readonly DeadlineTimer _timer;
     private int _state;
 
@@ -30,12 +29,11 @@ internal sealed class DispatchWakeUp : IThreadPoolWorkItem, IDisposable
     private long _timerDue = Timestamps.Never;
 
     /// <param name="time">The processor's clock.</param>
-    /// <param name="dispatch">One dispatch step: decides under the lock until it sleeps. Never concurrent with itself.</param>
-    /// <param name="onFault">Called if the step throws (a bug or a hostile clock); the processor then fails everything.</param>
-    public DispatchWakeUp(TimeProvider time, Action dispatch, Action<Exception> onFault)
+    /// <param name="dispatch">Runs the dispatcher once it holds the role: decides under the lock until it sleeps, and
+    /// ends the run with <see cref="EndRun"/> (repeating while that says so). Must not throw.</param>
+    public DispatchWakeUp(TimeProvider time, Action dispatch)
     {
         _dispatch = dispatch;
-        _onFault = onFault;
         _timer = DeadlineTimer.Create(time, Signal, precise: true);
     }
 
@@ -73,24 +71,22 @@ internal sealed class DispatchWakeUp : IThreadPoolWorkItem, IDisposable
     void IThreadPoolWorkItem.Execute()
     {
         Volatile.Write(ref _state, Running);
-        while (true)
+        _dispatch();
+    }
+
+    /// <summary>Takes the dispatcher role on this thread if it is idle (not running, not scheduled).</summary>
+    public bool TryBeginRun() => Interlocked.CompareExchange(ref _state, Running, Idle) == Idle;
+
+    /// <summary>Ends a run: true when it went idle, false when it was signalled meanwhile and must run once more.</summary>
+    public bool EndRun()
+    {
+        if (Interlocked.CompareExchange(ref _state, Idle, Running) == Running)
         {
-            try
-            {
-                _dispatch();
-            }
-            catch (Exception ex)
-            {
-                _onFault(ex);
-            }
-
-            if (Interlocked.CompareExchange(ref _state, Idle, Running) == Running)
-            {
-                return;
-            }
-
-            Volatile.Write(ref _state, Running); // signalled while running: run again
+            return true;
         }
+
+        Volatile.Write(ref _state, Running); // signalled while running: run again
+        return false;
     }
 
     /// <summary>An item arrived and the queue now holds <paramref name="queuedItems"/>: whether to wake the dispatcher.</summary>

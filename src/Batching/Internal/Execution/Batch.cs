@@ -35,8 +35,12 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
 {
     private static readonly ContextCallback s_invokeHandler = static s => ((Batch<TIn, TOut>)s!).InvokeWholeBatch();
     private static readonly ContextCallback s_invokeRange = static s => ((Batch<TIn, TOut>)s!).InvokeRange();
-    private static readonly ContextCallback s_handlerReturned = static s => ((Batch<TIn, TOut>)s!).HandlerReturned();
-    private static readonly ContextCallback s_awaitedHandlerReturned = static s => ((Batch<TIn, TOut>)s!).AwaitedHandlerReturned();
+    private static readonly ContextCallback s_handlerReturned = static s => ((Batch<TIn, TOut>)s!).HandlerReturned(mayContinue: false);
+    private static readonly ContextCallback s_awaitedHandlerReturned = static s => ((Batch<TIn, TOut>)s!).AwaitedHandlerReturned(mayContinue: false);
+
+    /// <summary>How many batches one pool thread runs back to back (each one's callers, then the next) before it hands
+    /// the next to a fresh work item, so that other work queued behind it gets its turn.</summary>
+    private const int MaxRoundsPerWorkItem = 64;
 
     private readonly BatchContext<TIn, TOut> _context;
     private readonly ExecutionContext _handlerContext;
@@ -52,6 +56,7 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
     private int _count;
     private int _live;
     private long _startTimestamp;
+    private long _returnedTimestamp;
     private TimeSpan _duration;
 
     // The source is replaced, never reset, once it was handed out to be cancelled: the Cancel may still be running.
@@ -71,14 +76,14 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
     // holding partial batches for this burst of returning callers.
     private int _nextToResume;
     private int _resumers;
-    private int _burstOpen;
+    private bool _burstOpen; // guarded by _resumeSync once Completing
 
     public Batch(BatchContext<TIn, TOut> context, object processor)
     {
         _context = context;
         _handlerContext = new HandlerScope(processor, () => State == BatchState.Running).CreateContext();
         _watch = new ResumeWatch<TIn, TOut>(this);
-        _onHandlerCompleted = () => CleanContext.Run(s_awaitedHandlerReturned, this);
+        _onHandlerCompleted = OnHandlerCompleted;
     }
 
     public BatchState State => (BatchState)Volatile.Read(ref _state);
@@ -86,6 +91,9 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
     public int Generation => Volatile.Read(ref _generation);
 
     public int Count => _count;
+
+    /// <summary>The processor's clock.</summary>
+    public TimeProvider Clock => _context.Time;
 
     /// <summary>Start: takes <paramref name="count"/> requests from the head of <paramref name="queue"/> into this batch.</summary>
     public void StartLocked(AdmissionQueue<TIn, TOut> queue, int count, long now)
@@ -123,33 +131,61 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
         SetState(BatchState.Running);
     }
 
-    void IThreadPoolWorkItem.Execute() => Run();
+    void IThreadPoolWorkItem.Execute() => RunHere(this);
 
-    /// <summary>Runs the handler: on a pool thread, or on the caller's thread for the idle fast path. Outside every lock.</summary>
-    public void Run()
+    /// <summary>
+    /// Runs <paramref name="batch"/> on this pool thread and, while each handler completes synchronously, the batches
+    /// that follow: after a batch has resumed its callers (who mostly queued their next items meanwhile), this thread
+    /// runs the dispatcher and the next batch itself instead of handing them to two more work items. The dispatcher
+    /// role is released before the next handler starts, so a handler that blocks here blocks only this thread.
+    /// </summary>
+    public static void RunHere(Batch<TIn, TOut>? batch)
+    {
+        for (int round = 1; batch is not null; round++)
+        {
+            batch = batch.RunOnce(mayContinue: round < MaxRoundsPerWorkItem);
+        }
+    }
+
+    /// <summary>The idle fast path: runs the handler on the caller's thread; never continues with another batch there.</summary>
+    public void RunInline() => RunOnce(mayContinue: false);
+
+    /// <summary>Runs the handler, outside every lock. Returns the next batch for this thread to run, if any.</summary>
+    private Batch<TIn, TOut>? RunOnce(bool mayContinue)
     {
         // Unwritten outputs then read as default, never as another caller's result from an earlier batch.
         Array.Clear(_outputs, 0, _count);
-        if (_cts.IsCancellationRequested)
+        if (!_cts.IsCancellationRequested)
         {
-            // Every caller cancelled before the handler started: nothing to compute.
-            CleanContext.Run(s_handlerReturned, this);
-            return;
-        }
+            ExecutionContext.Run(_handlerContext, s_invokeHandler, this);
+            if (_handlerError is null && !_pendingHandler.IsCompleted)
+            {
+                _awaiter = _pendingHandler.ConfigureAwait(false).GetAwaiter();
+                _pendingHandler = default;
+                _context.Owner.OnHandlerPending(pending: true);
+                // Nothing of this batch may be touched after this call: the handler may complete, and the batch retire, at once.
+                _awaiter.UnsafeOnCompleted(_onHandlerCompleted);
+                return null;
+            }
 
-        ExecutionContext.Run(_handlerContext, s_invokeHandler, this);
-        if (_handlerError is not null || _pendingHandler.IsCompleted)
-        {
             ObservePendingHandler();
-            CleanContext.Run(s_handlerReturned, this);
-            return;
         }
 
-        _awaiter = _pendingHandler.ConfigureAwait(false).GetAwaiter();
-        _pendingHandler = default;
-        _context.Owner.OnHandlerPending(pending: true);
-        // Nothing of this batch may be touched after this call: the handler may complete, and the batch retire, at once.
-        _awaiter.UnsafeOnCompleted(_onHandlerCompleted);
+        // Else every caller cancelled before the handler started: nothing to compute.
+        return ReturnedHere(mayContinue);
+    }
+
+    /// <summary>Completion on this thread: directly when it is a pool thread already in the clean context (and may go on
+    /// with the next batch), else inside the clean context.</summary>
+    private Batch<TIn, TOut>? ReturnedHere(bool mayContinue)
+    {
+        if (mayContinue && ExecutionContext.Capture() == CleanContext.Instance)
+        {
+            return HandlerReturned(mayContinue: true);
+        }
+
+        CleanContext.Run(s_handlerReturned, this);
+        return null;
     }
 
     /// <summary>In the handler's context: telemetry for the start, then the handler call.</summary>
@@ -214,7 +250,22 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
         _pendingHandler = default;
     }
 
-    private void AwaitedHandlerReturned()
+    /// <summary>The handler's task completed, on whatever thread completed it.</summary>
+    private void OnHandlerCompleted()
+    {
+        if (Thread.CurrentThread.IsThreadPoolThread && ExecutionContext.Capture() == CleanContext.Instance)
+        {
+            RunHere(AwaitedHandlerReturned(mayContinue: true));
+        }
+        else
+        {
+            // A thread of the handler's own (a driver callback, a completion inside the handler's context): finish
+            // there in the clean context, and leave the next batch to the dispatcher.
+            CleanContext.Run(s_awaitedHandlerReturned, this);
+        }
+    }
+
+    private Batch<TIn, TOut>? AwaitedHandlerReturned(bool mayContinue)
     {
         _context.Owner.OnHandlerPending(pending: false);
         try
@@ -227,13 +278,14 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
         }
 
         _awaiter = default;
-        HandlerReturned();
+        return HandlerReturned(mayContinue);
     }
 
-    /// <summary>The handler returned (or threw). Runs in the clean context.</summary>
-    private void HandlerReturned()
+    /// <summary>The handler returned (or threw). Runs in the clean context. Returns the next batch for this thread.</summary>
+    private Batch<TIn, TOut>? HandlerReturned(bool mayContinue)
     {
-        _duration = _context.Time.GetElapsedTime(_startTimestamp);
+        _returnedTimestamp = _context.Time.GetTimestamp();
+        _duration = _context.Time.GetElapsedTime(_startTimestamp, _returnedTimestamp);
         Exception? error = _handlerError;
         bool cancelled = _cts.IsCancellationRequested;
         if (error is not null && !cancelled)
@@ -244,13 +296,13 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
         if (error is not null && !cancelled && _context.PoisonIsolationDepth > 0 && _count > 1 && State == BatchState.Running)
         {
             _ = IsolateThenFinishAsync(error);
-            return;
+            return null;
         }
 
-        Finish(error is null);
+        return Finish(error is null, mayContinue);
     }
 
-    private void Finish(bool succeeded)
+    private Batch<TIn, TOut>? Finish(bool succeeded, bool mayContinue)
     {
         BatchState state = _context.Owner.OnHandlerReturned(this, _duration, succeeded);
         string outcome = state switch
@@ -269,28 +321,26 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
 
         if (state == BatchState.Completing)
         {
-            ResumeCallers();
+            return ResumeCallers(mayContinue);
         }
-        else
-        {
-            Retire();
-        }
+
+        Retire();
+        return null;
     }
 
     /// <summary>Complete (under the processor's lock, which also frees the slot): Running to Completing.</summary>
-    /// <returns>Whether a burst of inline resumptions opens: the dispatcher holds partial batches until it closes,
-    /// because the callers about to be resumed will mostly queue again at once.</returns>
+    /// <returns>Whether a burst of inline resumptions opens (always, today): until it closes the dispatcher counts the
+    /// slot as taken and holds partial batches, because the callers about to be resumed will mostly queue again at once.</returns>
     public bool CompleteLocked()
     {
         Debug.Assert(State == BatchState.Running);
-        bool burst = _count > 1;
         _resumers = 1;
-        _burstOpen = burst ? 1 : 0;
+        _burstOpen = true;
         SetState(BatchState.Completing);
-        return burst;
+        return true;
     }
 
-    private void ResumeCallers()
+    private Batch<TIn, TOut>? ResumeCallers(bool mayContinue)
     {
         // Claim every caller first, so the outcome counts are recorded before any caller can observe its result, and a
         // caller cancelled from now on is simply too late.
@@ -317,19 +367,23 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
 
         _context.Telemetry.RequestsFinished(Outcomes.Completed, completed);
         _context.Telemetry.RequestsFinished(Outcomes.Failed, failed);
-        if (Volatile.Read(ref _burstOpen) != 0)
+        if (_burstOpen)
         {
-            _watch.Start(_generation);
+            _watch.Start(_generation, _context.Time == TimeProvider.System ? _returnedTimestamp : Stopwatch.GetTimestamp());
         }
 
-        RunResumeLoop();
+        return RunResumeLoop(mayContinue, _returnedTimestamp);
     }
 
-    /// <summary>One resumer: takes claimed callers by index and completes each inline, until none is left. Also run by helpers.</summary>
-    internal void RunResumeLoop()
+    /// <summary>One resumer: takes claimed callers by index and completes each inline, until none is left. Also run by
+    /// helpers. The last resumer out retires the batch and, if it may, runs the dispatcher here for the next batch.</summary>
+    internal Batch<TIn, TOut>? RunResumeLoop(bool mayContinue, long now)
     {
         int count = _count;
         Exception? error = _handlerError;
+        TimeProvider time = _context.Time;
+        var clock = ResumeClock.Enter(_context.Owner, now);
+        int resumed = 0;
         while (true)
         {
             int i = Interlocked.Increment(ref _nextToResume) - 1;
@@ -342,6 +396,11 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
             if (request is null)
             {
                 continue;
+            }
+
+            if (++resumed % ResumeClock.RefreshEvery == 0)
+            {
+                ResumeClock.Refresh(time.GetTimestamp());
             }
 
             try
@@ -368,16 +427,35 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
             request.ReleaseEngineReference();
         }
 
-        CloseBurst();
+        ResumeClock.Exit(clock);
+        bool last, closedBurst;
         lock (_resumeSync)
         {
-            if (--_resumers > 0)
+            last = --_resumers == 0;
+            closedBurst = _burstOpen;
+            _burstOpen = false;
+            if (last)
             {
-                return;
+                MarkIdleLocked();
             }
         }
 
-        Retire();
+        // After the lock only the immutable context may be touched, unless this was the last resumer: another one could
+        // retire the batch, and it be reused, at any moment.
+        bool continueHere = mayContinue && last;
+        if (closedBurst)
+        {
+            _context.Owner.OnResumeBurstClosed(signalDispatcher: !continueHere);
+        }
+
+        if (!last)
+        {
+            return null;
+        }
+
+        ClearBuffers(count, releaseRequests: false);
+        _context.Owner.OnRetired(this);
+        return continueHere ? _context.Owner.TakeNextBatchHere() : null;
     }
 
     /// <summary>The watch's periodic look at a resumption, on the shared precise thread: must not block.</summary>
@@ -387,6 +465,7 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
     /// blocked continuation delays its siblings by about a period and a long burst spreads over the pool's threads.</remarks>
     internal bool CheckResumeProgress(int generation)
     {
+        bool closedBurst;
         lock (_resumeSync)
         {
             if (_generation != generation || State != BatchState.Completing || _resumers == 0
@@ -396,30 +475,47 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
             }
 
             _resumers++;
+            closedBurst = _burstOpen;
+            _burstOpen = false;
         }
 
-        // The dispatcher need not hold partial batches for this burst any longer.
-        CloseBurst();
+        // The dispatcher need not hold this slot, nor partial batches, for this burst any longer.
+        if (closedBurst)
+        {
+            _context.Owner.OnResumeBurstClosed(signalDispatcher: true);
+        }
+
         ThreadPool.UnsafeQueueUserWorkItem(_watch, preferLocal: false);
         return true;
     }
 
-    private void CloseBurst()
-    {
-        if (Interlocked.Exchange(ref _burstOpen, 0) != 0)
-        {
-            _context.Owner.OnResumeBurstClosed();
-        }
-    }
-
-    /// <summary>Retire: the handler has returned and no resumer is left; the batch object may be reused.</summary>
+    /// <summary>Retire after a timeout or abandonment, once the handler has returned; the batch object may be reused.
+    /// (A completed batch retires at the end of <see cref="RunResumeLoop"/>.)</summary>
     private void Retire()
     {
-        int count = _count;
-        if (State is BatchState.TimedOut or BatchState.Abandoned)
+        Debug.Assert(State is BatchState.TimedOut or BatchState.Abandoned);
+        lock (_resumeSync)
         {
-            // Their callers were failed by the timeout or the shutdown; the references are released only now, when no
-            // path can touch the requests any more.
+            MarkIdleLocked();
+        }
+
+        // Their callers were failed by the timeout or the shutdown; the references are released only now, when no path
+        // can touch the requests any more.
+        ClearBuffers(_count, releaseRequests: true);
+        _context.Owner.OnRetired(this);
+    }
+
+    private void MarkIdleLocked()
+    {
+        Debug.Assert(_resumeSync.IsHeldByCurrentThread);
+        SetState(BatchState.Idle);
+        _generation++;
+    }
+
+    private void ClearBuffers(int count, bool releaseRequests)
+    {
+        if (releaseRequests)
+        {
             for (int i = 0; i < count; i++)
             {
                 _items[i].ReleaseEngineReference();
@@ -438,13 +534,6 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
         }
 
         _handlerError = null;
-        lock (_resumeSync)
-        {
-            SetState(BatchState.Idle);
-            _generation++;
-        }
-
-        _context.Owner.OnRetired(this);
     }
 
     /// <summary>A running item's caller cancelled (under the processor's lock, after the caller was claimed).</summary>
@@ -551,7 +640,8 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
             CompleteRange(0, _count, ex);
         }
 
-        Finish(succeeded: false);
+        // Its callers all have their results already; the dispatcher starts whatever comes next.
+        _ = Finish(succeeded: false, mayContinue: false);
     }
 
     private async Task IsolateAsync(int start, int end, int depth, Exception? failure)

@@ -17,8 +17,14 @@ internal interface IBatchOwner<TIn, TOut>
     /// <summary>The batch's execution-timeout timer fired (maybe for an earlier use of the batch object).</summary>
     void OnExecutionTimer(Batch<TIn, TOut> batch);
 
-    /// <summary>A batch finished resuming its callers inline, or a resume stalled: partial batches may go again.</summary>
-    void OnResumeBurstClosed();
+    /// <summary>A batch finished resuming its callers inline, or a resume stalled: its slot, and partial batches, may go
+    /// again. <paramref name="signalDispatcher"/> is false when the caller runs the dispatcher itself next
+    /// (<see cref="TakeNextBatchHere"/>).</summary>
+    void OnResumeBurstClosed(bool signalDispatcher);
+
+    /// <summary>Runs the dispatcher on this thread if nobody else is running it, and returns the first batch it started,
+    /// for this thread to run; null when the dispatcher is busy elsewhere (it is signalled) or started nothing.</summary>
+    Batch<TIn, TOut>? TakeNextBatchHere();
 
     /// <summary>The batch is idle again and may be reused.</summary>
     void OnRetired(Batch<TIn, TOut> batch);

@@ -17,10 +17,12 @@ internal sealed class ResumeWatch<TIn, TOut>(Batch<TIn, TOut> batch) : IDeadline
     private int _generation;
 
     /// <summary>Starts watching the current use of the batch (its generation); replaces the watch of an earlier use.</summary>
-    public void Start(int generation)
+    /// <param name="generation">The use to watch.</param>
+    /// <param name="now">A <see cref="Stopwatch"/> timestamp of about now.</param>
+    public void Start(int generation, long now)
     {
         Volatile.Write(ref _generation, generation);
-        PreciseTimerThread.Schedule(this, Stopwatch.GetTimestamp() + s_periodTicks);
+        PreciseTimerThread.Schedule(this, now + s_periodTicks);
     }
 
     void IDeadlineTarget.OnDeadline()
@@ -32,5 +34,5 @@ internal sealed class ResumeWatch<TIn, TOut>(Batch<TIn, TOut> batch) : IDeadline
     }
 
     /// <summary>A helper resumer, queued by <see cref="Batch{TIn, TOut}.CheckResumeProgress"/>.</summary>
-    void IThreadPoolWorkItem.Execute() => batch.RunResumeLoop();
+    void IThreadPoolWorkItem.Execute() => batch.RunResumeLoop(mayContinue: false, batch.Clock.GetTimestamp());
 }
