@@ -20,6 +20,9 @@ namespace Batching.Internal;
 /// await, or <c>GetAwaiter().GetResult()</c> on a pending task throws <see cref="InvalidOperationException"/> to that
 /// caller without consuming anything; only the one successful consumption calls <see cref="OnConsumed"/> (which lets
 /// the owner recycle the source). Model: <c>System.Threading.Channels.AsyncOperation</c>.</para>
+/// <para><see cref="OnCompleted"/> itself never throws for misuse: an exception there escapes an async method's builder
+/// onto the thread pool and ends the process. A continuation registered by a stale or second await is queued to run at
+/// once instead, and the <see cref="GetResult"/> it then calls throws to the misuser.</para>
 /// <para>The completer chooses where the continuation runs: inline on its own thread (the batch completion path,
 /// which watches for continuations that block), or on the thread pool. A captured SynchronizationContext or
 /// TaskScheduler is always honoured.</para>
@@ -119,7 +122,14 @@ internal abstract class ConsumeOnceValueTaskSource<T> : IValueTaskSource<T>
         while (true)
         {
             long current = Volatile.Read(ref _state);
-            Validate(current, token);
+            if ((short)(current >> 32) != token)
+            {
+                // A stale ValueTask. Throwing here would not reach the misuser: an async method's builder rethrows what
+                // OnCompleted throws on the thread pool, which ends the process. Resume it instead; its GetResult throws.
+                InvokeMisused(continuation, state, flags);
+                return;
+            }
+
             switch (current & PhaseMask)
             {
                 case Pending:
@@ -142,7 +152,9 @@ internal abstract class ConsumeOnceValueTaskSource<T> : IValueTaskSource<T>
                     Invoke(continuation, state, context, scheduler, inline: false);
                     return;
                 default:
-                    throw Misuse("was awaited more than once");
+                    // A second await (concurrent, or after the result was consumed): as above, never throw from here.
+                    InvokeMisused(continuation, state, flags);
+                    return;
             }
         }
     }
@@ -169,6 +181,13 @@ internal abstract class ConsumeOnceValueTaskSource<T> : IValueTaskSource<T>
         }
 
         return result;
+    }
+
+    private static void InvokeMisused(Action<object?> continuation, object? state, ValueTaskSourceOnCompletedFlags flags)
+    {
+        ExecutionContext? context = (flags & ValueTaskSourceOnCompletedFlags.FlowExecutionContext) != 0 ? ExecutionContext.Capture() : null;
+        object? scheduler = (flags & ValueTaskSourceOnCompletedFlags.UseSchedulingContext) != 0 ? CaptureScheduler() : null;
+        Invoke(continuation, state, context, scheduler, inline: false);
     }
 
     private static void Validate(long state, short token)

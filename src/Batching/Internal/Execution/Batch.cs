@@ -76,6 +76,7 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
     // holding partial batches for this burst of returning callers.
     private int _nextToResume;
     private int _resumers;
+    private int _helpersWaiting;
     private bool _burstOpen; // guarded by _resumeSync once Completing
 
     public Batch(BatchContext<TIn, TOut> context, object processor)
@@ -335,6 +336,7 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
     {
         Debug.Assert(State == BatchState.Running);
         _resumers = 1;
+        _helpersWaiting = 0;
         _burstOpen = true;
         SetState(BatchState.Completing);
         return true;
@@ -461,22 +463,34 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
     /// <summary>The watch's periodic look at a resumption, on the shared precise thread: must not block.</summary>
     /// <returns>Whether to look again after another period.</returns>
     /// <remarks>Callers still unclaimed a whole period after resumption began means the resumers are slow: one
-    /// continuation blocks, or they are merely many and long. Either way one more helper joins per period, so a
-    /// blocked continuation delays its siblings by about a period and a long burst spreads over the pool's threads.</remarks>
+    /// continuation blocks, or they are merely many and long. Either way one more helper joins per period (never while
+    /// an earlier one is still waiting for a thread), so a blocked continuation delays its siblings by about a period
+    /// and a long burst spreads over the pool's threads. Once every caller is claimed, the burst closes even if a
+    /// continuation still runs: what callers do after their result is their own business, not the next batch's.</remarks>
     internal bool CheckResumeProgress(int generation)
     {
-        bool closedBurst;
+        bool closedBurst, spawn;
         lock (_resumeSync)
         {
-            if (_generation != generation || State != BatchState.Completing || _resumers == 0
-                || Volatile.Read(ref _nextToResume) >= _count)
+            if (_generation != generation || State != BatchState.Completing || _resumers == 0)
             {
-                return false; // finished, or every caller has been resumed: what they still run is their own business
+                return false; // finished
             }
 
-            _resumers++;
+            bool allClaimed = Volatile.Read(ref _nextToResume) >= _count;
+            spawn = !allClaimed && _helpersWaiting == 0;
+            if (spawn)
+            {
+                _resumers++;
+                _helpersWaiting++;
+            }
+
             closedBurst = _burstOpen;
             _burstOpen = false;
+            if (allClaimed)
+            {
+                spawn = false;
+            }
         }
 
         // The dispatcher need not hold this slot, nor partial batches, for this burst any longer.
@@ -485,8 +499,24 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
             _context.Owner.OnResumeBurstClosed(signalDispatcher: true);
         }
 
-        ThreadPool.UnsafeQueueUserWorkItem(_watch, preferLocal: false);
-        return true;
+        if (spawn)
+        {
+            ThreadPool.UnsafeQueueUserWorkItem(_watch, preferLocal: false);
+        }
+
+        return Volatile.Read(ref _nextToResume) < _count;
+    }
+
+    /// <summary>A helper queued by <see cref="CheckResumeProgress"/> got its thread.</summary>
+    internal void RunHelper()
+    {
+        long now = _context.Time.GetTimestamp();
+        lock (_resumeSync)
+        {
+            _helpersWaiting--;
+        }
+
+        _ = RunResumeLoop(mayContinue: false, now);
     }
 
     /// <summary>Retire after a timeout or abandonment, once the handler has returned; the batch object may be reused.

@@ -34,5 +34,5 @@ internal sealed class ResumeWatch<TIn, TOut>(Batch<TIn, TOut> batch) : IDeadline
     }
 
     /// <summary>A helper resumer, queued by <see cref="Batch{TIn, TOut}.CheckResumeProgress"/>.</summary>
-    void IThreadPoolWorkItem.Execute() => batch.RunResumeLoop(mayContinue: false, batch.Clock.GetTimestamp());
+    void IThreadPoolWorkItem.Execute() => batch.RunHelper();
 }
