@@ -30,7 +30,7 @@ public static class GpuBatchProcessor
         where TIn : unmanaged
         where TOut : unmanaged
         where TKernel : struct, IItemKernel<TIn, TOut> =>
-        CreateCore<TIn, TOut, TKernel>(kernel, gpuOptions, options, loggerFactory, null, null);
+        CreateCore<TIn, TOut, TKernel>(kernel, gpuOptions, options, loggerFactory, null);
 
     /// <summary>Creates a processor that runs the row kernel <typeparamref name="TKernel"/> over batches of rows.</summary>
     /// <typeparam name="T">The element type of rows and parameters.</typeparam>
@@ -49,26 +49,26 @@ public static class GpuBatchProcessor
         BatchingOptions? options = null, ILoggerFactory? loggerFactory = null)
         where T : unmanaged
         where TKernel : struct, IRowKernel<T> =>
-        CreateRowsCore(rowOptions, kernel, options, loggerFactory, null, null);
+        CreateRowsCore(rowOptions, kernel, options, loggerFactory, null);
 
     internal static IGpuBatchProcessor<TIn, TOut> CreateCore<TIn, TOut, TKernel>(TKernel kernel, GpuOptions? gpuOptions, BatchingOptions? options,
-        ILoggerFactory? loggerFactory, TimeProvider? fallbackTime, IMeterFactory? meterFactory)
+        ILoggerFactory? loggerFactory, IMeterFactory? meterFactory)
         where TIn : unmanaged
         where TOut : unmanaged
         where TKernel : struct, IItemKernel<TIn, TOut>
     {
         GpuOptions gpu = gpuOptions ?? new GpuOptions();
-        return GpuProcessorBuilder.Build(new ItemProgram<TIn, TOut, TKernel>(kernel, gpu.RejectNonFiniteInputs), gpu, options, loggerFactory, fallbackTime, meterFactory);
+        return GpuProcessorBuilder.Build(new ItemProgram<TIn, TOut, TKernel>(kernel, gpu.RejectNonFiniteInputs), gpu, options, loggerFactory, meterFactory);
     }
 
     internal static IGpuBatchProcessor<ReadOnlyMemory<T>, T[]> CreateRowsCore<T, TKernel>(GpuRowOptions<T> rowOptions, TKernel kernel, BatchingOptions? options,
-        ILoggerFactory? loggerFactory, TimeProvider? fallbackTime, IMeterFactory? meterFactory)
+        ILoggerFactory? loggerFactory, IMeterFactory? meterFactory)
         where T : unmanaged
         where TKernel : struct, IRowKernel<T>
     {
         ArgumentNullException.ThrowIfNull(rowOptions);
         rowOptions.Validate();
         var program = new RowProgram<T, TKernel>(kernel, rowOptions.InputWidth, rowOptions.OutputWidth, rowOptions.Parameters.Span, rowOptions.RejectNonFiniteInputs);
-        return GpuProcessorBuilder.Build(program, rowOptions, options, loggerFactory, fallbackTime, meterFactory);
+        return GpuProcessorBuilder.Build(program, rowOptions, options, loggerFactory, meterFactory);
     }
 }

@@ -1,5 +1,6 @@
 using System.Diagnostics.Metrics;
 using Batching.Internal;
+using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 
 namespace Batching;
@@ -34,6 +35,24 @@ public static class BatchProcessor
     public static IBatchProcessor<TIn, TOut> Create<TIn, TOut>(BatchHandler<TIn, TOut> handler, BatchingOptions? options,
         ILoggerFactory? loggerFactory, IMeterFactory? meterFactory = null) =>
         CreateEngine(handler, options, null, loggerFactory, meterFactory);
+
+    /// <summary>
+    /// Creates a processor from a <see cref="BatchProcessorContext"/>: its options, and the container's logger factory,
+    /// meter factory and clock. What a factory registered with <c>AddCustomProcessor</c> calls to build the engine it
+    /// wraps.
+    /// </summary>
+    /// <typeparam name="TIn">The type of one input item.</typeparam>
+    /// <typeparam name="TOut">The type of one output item.</typeparam>
+    /// <param name="handler">Fills <c>outputs[i]</c> for <c>inputs[i]</c>.</param>
+    /// <param name="context">The processor's resolved options and the container's services.</param>
+    /// <returns>A running processor, which also implements <see cref="IBatchingHealthContributor"/>.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="handler"/> or <paramref name="context"/> is null.</exception>
+    /// <exception cref="ArgumentException">A setting is out of range; <see cref="ArgumentException.ParamName"/> names it.</exception>
+    public static IBatchProcessor<TIn, TOut> Create<TIn, TOut>(BatchHandler<TIn, TOut> handler, BatchProcessorContext context)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        return CreateEngine(handler, context.Options, null, context.LoggerFactory, context.MeterFactory);
+    }
 
     internal static BatchEngine<TIn, TOut> CreateEngine<TIn, TOut>(BatchHandler<TIn, TOut> handler, BatchingOptions? options, TimeProvider? fallbackTime,
         ILoggerFactory? loggerFactory = null, IMeterFactory? meterFactory = null)

@@ -84,4 +84,41 @@ public class BackpressureTests
         Assert.Equal(new[] { 1, 3, 5, 7, 9 }, await Task.WhenAll(running.Concat(queued).Append(behind)).WithinBoundAsync());
         Assert.DoesNotContain(99, handler.AllInputs);
     }
+
+    [Fact]
+    public async Task MaxDelay_counts_from_the_call_also_for_callers_that_waited_for_space()
+    {
+        var time = new Microsoft.Extensions.Time.Testing.FakeTimeProvider();
+        var handler = new RecordingHandler(time);
+        var gate = new TaskCompletionSource();
+        handler.Gate = gate.Task;
+        var engine = (BatchEngine<int, int>)BatchProcessor.Create(handler.Handler, new BatchingOptions
+        {
+            MaxBatchSize = 2,
+            QueueCapacity = 2,
+            MaxDelay = TimeSpan.FromMilliseconds(10),
+            FlushPolicy = FlushPolicy.Deadline,
+            TimeProvider = time,
+            ExecutionTimeout = Timeout.InfiniteTimeSpan,
+        });
+        await using var _ = engine;
+        DateTimeOffset start = time.GetUtcNow();
+        var running = new[] { engine.ProcessAsync(0).AsTask(), engine.ProcessAsync(1).AsTask() }; // a full batch, blocked
+        await handler.Started.WaitAsync(Wait.Bound);
+        var queued = new[] { engine.ProcessAsync(2).AsTask(), engine.ProcessAsync(3).AsTask() }; // a full queue
+        Task<int> late = engine.ProcessAsync(4).AsTask();                                              // waits for space
+        Assert.Equal(1, engine.WaitingForSpace);
+
+        time.Advance(TimeSpan.FromMilliseconds(8));
+        handler.Gate = null;
+        gate.SetResult(); // {0,1} returns, {2,3} goes at once, and 4 is admitted 8 ms after it called
+        await Task.WhenAll(running.Concat(queued)).WithinBoundAsync();
+        await Wait.UntilIdleAsync(engine);
+        Assert.False(late.IsCompleted);
+
+        time.Advance(TimeSpan.FromMilliseconds(2)); // 10 ms after the call: its MaxDelay, not 10 ms after admission
+        Assert.Equal(9, await late.WithinBoundAsync());
+        BatchCall lateBatch = handler.Calls.Single(c => c.Inputs.Contains(4));
+        Assert.Equal(TimeSpan.FromMilliseconds(10), lateBatch.StartedAt - start);
+    }
 }

@@ -1,7 +1,5 @@
-using System.Diagnostics.Metrics;
 using Batching;
 using Batching.Ilgpu;
-using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 
 namespace Microsoft.Extensions.DependencyInjection;
@@ -13,7 +11,7 @@ namespace Microsoft.Extensions.DependencyInjection;
 /// <see cref="GpuOptions"/> or <see cref="GpuRowOptions{T}"/> are named options of the same name.
 /// </summary>
 /// <remarks>The processor is built, and its kernel compiled and warmed, when it is first resolved: resolve it at
-/// start-up so that no caller pays for it. An <see cref="ILoggerFactory"/> in the container receives the device logs.</remarks>
+/// start-up so that no caller pays for it. An <see cref="Microsoft.Extensions.Logging.ILoggerFactory"/> in the container receives the device logs.</remarks>
 public static class GpuBatchingBuilderExtensions
 {
     /// <summary>Registers a processor that runs the per-item kernel <typeparamref name="TKernel"/>.</summary>
@@ -31,7 +29,7 @@ public static class GpuBatchingBuilderExtensions
         where TOut : unmanaged
         where TKernel : struct, IItemKernel<TIn, TOut> =>
         Register<TIn, TOut, GpuOptions>(builder, null, configureGpu, configure,
-            (sp, gpu, options) => GpuBatchProcessor.CreateCore<TIn, TOut, TKernel>(kernel, gpu, options, sp.GetService<ILoggerFactory>(), sp.GetService<TimeProvider>(), sp.GetService<IMeterFactory>()));
+            (gpu, context) => GpuBatchProcessor.CreateCore<TIn, TOut, TKernel>(kernel, gpu, context.Options, context.LoggerFactory, context.MeterFactory));
 
     /// <summary>Registers a keyed processor that runs the per-item kernel <typeparamref name="TKernel"/>.</summary>
     /// <typeparam name="TIn">The input item.</typeparam>
@@ -51,7 +49,7 @@ public static class GpuBatchingBuilderExtensions
     {
         ArgumentException.ThrowIfNullOrEmpty(name);
         return Register<TIn, TOut, GpuOptions>(builder, name, configureGpu, configure,
-            (sp, gpu, options) => GpuBatchProcessor.CreateCore<TIn, TOut, TKernel>(kernel, gpu, options, sp.GetService<ILoggerFactory>(), sp.GetService<TimeProvider>(), sp.GetService<IMeterFactory>()));
+            (gpu, context) => GpuBatchProcessor.CreateCore<TIn, TOut, TKernel>(kernel, gpu, context.Options, context.LoggerFactory, context.MeterFactory));
     }
 
     /// <summary>Registers a processor that runs the row kernel <typeparamref name="TKernel"/>; callers pass
@@ -70,7 +68,7 @@ public static class GpuBatchingBuilderExtensions
     {
         ArgumentNullException.ThrowIfNull(configureRows);
         return Register<ReadOnlyMemory<T>, T[], GpuRowOptions<T>>(builder, null, configureRows, configure,
-            (sp, rows, options) => GpuBatchProcessor.CreateRowsCore(rows, kernel, options, sp.GetService<ILoggerFactory>(), sp.GetService<TimeProvider>(), sp.GetService<IMeterFactory>()));
+            (rows, context) => GpuBatchProcessor.CreateRowsCore(rows, kernel, context.Options, context.LoggerFactory, context.MeterFactory));
     }
 
     /// <summary>Registers a keyed processor that runs the row kernel <typeparamref name="TKernel"/>.</summary>
@@ -90,54 +88,22 @@ public static class GpuBatchingBuilderExtensions
         ArgumentException.ThrowIfNullOrEmpty(name);
         ArgumentNullException.ThrowIfNull(configureRows);
         return Register<ReadOnlyMemory<T>, T[], GpuRowOptions<T>>(builder, name, configureRows, configure,
-            (sp, rows, options) => GpuBatchProcessor.CreateRowsCore(rows, kernel, options, sp.GetService<ILoggerFactory>(), sp.GetService<TimeProvider>(), sp.GetService<IMeterFactory>()));
+            (rows, context) => GpuBatchProcessor.CreateRowsCore(rows, kernel, context.Options, context.LoggerFactory, context.MeterFactory));
     }
 
+    /// <summary>Registers through the core's one registration path; only the device options are the GPU package's own.</summary>
     private static IBatchingBuilder Register<TIn, TOut, TGpuOptions>(IBatchingBuilder builder, string? key, Action<TGpuOptions>? configureGpu,
-        Action<BatchingOptions>? configure, Func<IServiceProvider, TGpuOptions, BatchingOptions, IGpuBatchProcessor<TIn, TOut>> create)
+        Action<BatchingOptions>? configure, Func<TGpuOptions, BatchProcessorContext, IGpuBatchProcessor<TIn, TOut>> create)
         where TGpuOptions : GpuOptions
     {
         ArgumentNullException.ThrowIfNull(builder);
-        string optionsName = BatchingBuilderExtensions.OptionsName<TIn, TOut>(key);
-        OptionsBuilder<BatchingOptions> batching = builder.Services.AddOptions<BatchingOptions>(optionsName);
-        if (configure is not null)
-        {
-            batching.Configure(configure);
-        }
-
-        OptionsBuilder<TGpuOptions> gpu = builder.Services.AddOptions<TGpuOptions>(optionsName);
+        OptionsBuilder<TGpuOptions> gpu = builder.Services.AddOptions<TGpuOptions>(BatchingBuilderExtensions.OptionsName<TIn, TOut>(key));
         if (configureGpu is not null)
         {
             gpu.Configure(configureGpu);
         }
 
-        IGpuBatchProcessor<TIn, TOut> Build(IServiceProvider sp)
-        {
-            BatchingOptions options = sp.GetRequiredService<IOptionsMonitor<BatchingOptions>>().Get(optionsName);
-            TGpuOptions gpuOptions = sp.GetRequiredService<IOptionsMonitor<TGpuOptions>>().Get(optionsName);
-            if (string.IsNullOrEmpty(options.Name) && key is not null)
-            {
-                // Set on the built processor's copy only; the options instance is shared.
-                options = options.Clone();
-                options.Name = key;
-            }
-
-            return create(sp, gpuOptions, options);
-        }
-
-        if (key is null)
-        {
-            builder.Services.AddSingleton(Build);
-            builder.Services.AddSingleton<IBatchProcessor<TIn, TOut>>(sp => sp.GetRequiredService<IGpuBatchProcessor<TIn, TOut>>());
-            builder.Services.AddSingleton<IBatchingHealthContributor>(sp => (sp.GetRequiredService<IGpuBatchProcessor<TIn, TOut>>() as IBatchingHealthContributor)!);
-        }
-        else
-        {
-            builder.Services.AddKeyedSingleton(key, (sp, _) => Build(sp));
-            builder.Services.AddKeyedSingleton<IBatchProcessor<TIn, TOut>>(key, (sp, k) => sp.GetRequiredKeyedService<IGpuBatchProcessor<TIn, TOut>>(k));
-            builder.Services.AddSingleton<IBatchingHealthContributor>(sp => (sp.GetRequiredKeyedService<IGpuBatchProcessor<TIn, TOut>>(key) as IBatchingHealthContributor)!);
-        }
-
-        return builder;
+        return builder.AddCustomProcessor<TIn, TOut, IGpuBatchProcessor<TIn, TOut>>(key,
+            context => create(context.Services.GetRequiredService<IOptionsMonitor<TGpuOptions>>().Get(context.OptionsName), context), configure);
     }
 }

@@ -106,7 +106,6 @@ internal static class GpuProcessorBuilder
         GpuOptions gpuOptions,
         BatchingOptions? options,
         ILoggerFactory? loggerFactory,
-        TimeProvider? fallbackTime,
         IMeterFactory? meterFactory,
         Func<int, ILogger, (IReadOnlyList<IExecutionDevice<TIn, TOut>> Gpus, IExecutionDevice<TIn, TOut>? Fallback)>? devices = null)
         where TDevIn : unmanaged
@@ -114,7 +113,6 @@ internal static class GpuProcessorBuilder
     {
         gpuOptions.Validate();
         BatchingOptions settings = (options ?? new BatchingOptions()).Clone();
-        settings.TimeProvider ??= fallbackTime;
         bool raiseConcurrency = settings.MaxConcurrentBatches == 1;
         settings.Validate();
         long widest = (long)settings.MaxBatchSize * Math.Max(program.InputWidth, program.OutputWidth);

@@ -1,6 +1,4 @@
-using System.Diagnostics.Metrics;
 using Batching;
-using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.DependencyInjection.Extensions;
 using Microsoft.Extensions.Options;
 
@@ -36,13 +34,8 @@ public static class BatchingBuilderExtensions
     /// <returns>The builder, for chaining.</returns>
     public static IBatchingBuilder AddProcessor<TIn, TOut>(this IBatchingBuilder builder, Func<IServiceProvider, BatchHandler<TIn, TOut>> handlerFactory, Action<BatchingOptions>? configure = null)
     {
-        ArgumentNullException.ThrowIfNull(builder);
         ArgumentNullException.ThrowIfNull(handlerFactory);
-        string name = OptionsName<TIn, TOut>(null);
-        Configure(builder, name, configure);
-        builder.Services.AddSingleton(sp => Build(sp, name, handlerFactory));
-        builder.Services.AddSingleton<IBatchingHealthContributor>(sp => (sp.GetRequiredService<IBatchProcessor<TIn, TOut>>() as IBatchingHealthContributor)!);
-        return builder;
+        return builder.AddCustomProcessor<TIn, TOut, IBatchProcessor<TIn, TOut>>(null, context => BuildEngine(context, handlerFactory), configure);
     }
 
     /// <summary>Registers a singleton <see cref="IBatchProcessor{TIn, TOut}"/> whose handler is the container's <typeparamref name="THandler"/>
@@ -86,14 +79,9 @@ public static class BatchingBuilderExtensions
     /// <returns>The builder, for chaining.</returns>
     public static IBatchingBuilder AddKeyedProcessor<TIn, TOut>(this IBatchingBuilder builder, string name, Func<IServiceProvider, BatchHandler<TIn, TOut>> handlerFactory, Action<BatchingOptions>? configure = null)
     {
-        ArgumentNullException.ThrowIfNull(builder);
         ArgumentException.ThrowIfNullOrEmpty(name);
         ArgumentNullException.ThrowIfNull(handlerFactory);
-        string optionsName = OptionsName<TIn, TOut>(name);
-        Configure(builder, optionsName, configure);
-        builder.Services.AddKeyedSingleton(name, (sp, _) => Build(sp, optionsName, handlerFactory));
-        builder.Services.AddSingleton<IBatchingHealthContributor>(sp => (sp.GetRequiredKeyedService<IBatchProcessor<TIn, TOut>>(name) as IBatchingHealthContributor)!);
-        return builder;
+        return builder.AddCustomProcessor<TIn, TOut, IBatchProcessor<TIn, TOut>>(name, context => BuildEngine(context, handlerFactory), configure);
     }
 
     /// <summary>Registers a keyed singleton <see cref="IBatchProcessor{TIn, TOut}"/> whose handler is the container's <typeparamref name="THandler"/>.</summary>
@@ -123,26 +111,88 @@ public static class BatchingBuilderExtensions
     public static string OptionsName<TIn, TOut>(string? key) =>
         key ?? $"Batching:{typeof(TIn).FullName}->{typeof(TOut).FullName}";
 
-    private static void Configure(IBatchingBuilder builder, string optionsName, Action<BatchingOptions>? configure)
+    /// <summary>
+    /// Registers a processor that <paramref name="factory"/> builds: the one registration path every processor takes,
+    /// for backends and integrations that wrap the engine in a processor of their own (the GPU package does). The
+    /// processor is a singleton (keyed when <paramref name="key"/> is given) of <typeparamref name="TProcessor"/> and of
+    /// <see cref="IBatchProcessor{TIn, TOut}"/>, built when first resolved, disposed with the container, and reported
+    /// by <see cref="BatchingHealthCheck"/> when it implements <see cref="IBatchingHealthContributor"/>. Its
+    /// <see cref="BatchingOptions"/> are the named options <see cref="OptionsName{TIn, TOut}"/>.
+    /// </summary>
+    /// <typeparam name="TIn">The type of one input item.</typeparam>
+    /// <typeparam name="TOut">The type of one output item.</typeparam>
+    /// <typeparam name="TProcessor">The processor's type, <see cref="IBatchProcessor{TIn, TOut}"/> or a type derived from it.</typeparam>
+    /// <param name="builder">The builder.</param>
+    /// <param name="key">The service key, also the processor's default name; <see langword="null"/> for an unkeyed processor.</param>
+    /// <param name="factory">Builds the processor from the resolved options, typically with <see cref="BatchProcessor.Create{TIn, TOut}(BatchHandler{TIn, TOut}, BatchProcessorContext)"/>.</param>
+    /// <param name="configure">Sets options; <see langword="null"/> for the defaults.</param>
+    /// <returns>The builder, for chaining.</returns>
+    public static IBatchingBuilder AddCustomProcessor<TIn, TOut, TProcessor>(this IBatchingBuilder builder, string? key,
+        Func<BatchProcessorContext, TProcessor> factory, Action<BatchingOptions>? configure = null)
+        where TProcessor : class, IBatchProcessor<TIn, TOut>
     {
+        ArgumentNullException.ThrowIfNull(builder);
+        ArgumentNullException.ThrowIfNull(factory);
+        if (key is not null)
+        {
+            ArgumentException.ThrowIfNullOrEmpty(key);
+        }
+
+        string optionsName = OptionsName<TIn, TOut>(key);
         OptionsBuilder<BatchingOptions> options = builder.Services.AddOptions<BatchingOptions>(optionsName);
         if (configure is not null)
         {
             options.Configure(configure);
         }
-    }
 
-    private static IBatchProcessor<TIn, TOut> Build<TIn, TOut>(IServiceProvider services, string optionsName, Func<IServiceProvider, BatchHandler<TIn, TOut>> handlerFactory)
-    {
-        // A copy: the monitor's instance is shared and must not be changed by building a processor from it.
-        BatchingOptions options = services.GetRequiredService<IOptionsMonitor<BatchingOptions>>().Get(optionsName).Clone();
-        if (string.IsNullOrEmpty(options.Name))
+        TProcessor Build(IServiceProvider services)
         {
-            options.Name = optionsName.StartsWith("Batching:", StringComparison.Ordinal) ? $"{typeof(TIn).Name}->{typeof(TOut).Name}" : optionsName;
+            // A copy: the monitor's instance is shared and must not be changed by building a processor from it.
+            BatchingOptions settings = services.GetRequiredService<IOptionsMonitor<BatchingOptions>>().Get(optionsName).Clone();
+            settings.TimeProvider ??= services.GetService<TimeProvider>();
+            if (string.IsNullOrEmpty(settings.Name))
+            {
+                settings.Name = key;
+            }
+
+            return factory(new BatchProcessorContext(services, optionsName, key, settings))
+                ?? throw new InvalidOperationException($"The factory of batch processor '{settings.Name ?? optionsName}' returned null.");
         }
 
-        BatchHandler<TIn, TOut> handler = handlerFactory(services)
-            ?? throw new InvalidOperationException($"The handler factory for batch processor '{options.Name}' returned null.");
-        return BatchProcessor.CreateEngine(handler, options, services.GetService<TimeProvider>(), services.GetService<ILoggerFactory>(), services.GetService<IMeterFactory>());
+        bool alias = typeof(TProcessor) != typeof(IBatchProcessor<TIn, TOut>);
+        if (key is null)
+        {
+            builder.Services.AddSingleton(Build);
+            if (alias)
+            {
+                builder.Services.AddSingleton<IBatchProcessor<TIn, TOut>>(sp => sp.GetRequiredService<TProcessor>());
+            }
+
+            builder.Services.AddSingleton<IBatchingHealthContributor>(sp => (sp.GetRequiredService<TProcessor>() as IBatchingHealthContributor)!);
+        }
+        else
+        {
+            builder.Services.AddKeyedSingleton(key, (sp, _) => Build(sp));
+            if (alias)
+            {
+                builder.Services.AddKeyedSingleton<IBatchProcessor<TIn, TOut>>(key, (sp, k) => sp.GetRequiredKeyedService<TProcessor>(k));
+            }
+
+            builder.Services.AddSingleton<IBatchingHealthContributor>(sp => (sp.GetRequiredKeyedService<TProcessor>(key) as IBatchingHealthContributor)!);
+        }
+
+        return builder;
+    }
+
+    private static IBatchProcessor<TIn, TOut> BuildEngine<TIn, TOut>(BatchProcessorContext context, Func<IServiceProvider, BatchHandler<TIn, TOut>> handlerFactory)
+    {
+        if (context.Key is null && string.IsNullOrEmpty(context.Options.Name))
+        {
+            context.Options.Name = $"{typeof(TIn).Name}->{typeof(TOut).Name}";
+        }
+
+        BatchHandler<TIn, TOut> handler = handlerFactory(context.Services)
+            ?? throw new InvalidOperationException($"The handler factory for batch processor '{context.Options.Name}' returned null.");
+        return BatchProcessor.Create(handler, context);
     }
 }

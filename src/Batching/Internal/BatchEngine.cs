@@ -6,6 +6,7 @@ using Batching.Diagnostics;
 using Batching.Internal.Admission;
 using Batching.Internal.Dispatch;
 using Batching.Internal.Execution;
+using Batching.Internal.Timing;
 using Microsoft.Extensions.Diagnostics.HealthChecks;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
@@ -70,7 +71,7 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
     public BatchEngine(BatchHandler<TIn, TOut> handler, BatchingOptions options, TimeProvider timeProvider, ILoggerFactory? loggerFactory = null, IMeterFactory? meterFactory = null)
     {
         Options = options;
-        _time = timeProvider;
+        _time = timeProvider == TimeProvider.System ? timeProvider : new GuardedTimeProvider(timeProvider, DispatcherFailed);
         DisplayName = string.IsNullOrEmpty(options.Name) ? $"BatchProcessor<{typeof(TIn).Name}, {typeof(TOut).Name}>" : options.Name;
         _policy = options.FlushPolicy.CreateInstance() ?? throw new ArgumentException(
             $"BatchingOptions.FlushPolicy's CreateInstance() returned null; it must return a policy.", nameof(options));
@@ -83,10 +84,10 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
         _lock = _queue.Sync;
         Logger = new GuardedLogger((loggerFactory ?? NullLoggerFactory.Instance).CreateLogger("Batching.BatchProcessor"));
         Telemetry = new ProcessorTelemetry(DisplayName, _policy.Name, meterFactory, Logger, () => _queue.QueuedItems, () => InFlightBatches);
-        _context = new BatchContext<TIn, TOut>(this, handler, timeProvider, Telemetry, Logger, DisplayName,
+        _context = new BatchContext<TIn, TOut>(this, handler, _time, Telemetry, Logger, DisplayName,
             options.ExecutionTimeout, options.PoisonIsolationDepth, options.OutputCheck);
-        _wakeUp = new DispatchWakeUp(timeProvider, RunDispatcher);
-        _startTimestamp = timeProvider.GetTimestamp();
+        _wakeUp = new DispatchWakeUp(_time, RunDispatcher);
+        _startTimestamp = _time.GetTimestamp();
         Log.Started(Logger, DisplayName, _policy.Name, _maxBatchSize, _maxDelay, options.QueueCapacity, options.QueueFullMode, _maxConcurrentBatches, options.ExecutionTimeout);
     }
 
@@ -96,8 +97,8 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
 
     public BatchingOptions Options { get; }
 
-    /// <summary>The processor's clock.</summary>
-    public TimeProvider Time => _time;
+    /// <summary>The processor's clock, as configured.</summary>
+    public TimeProvider Time => _time is GuardedTimeProvider guarded ? guarded.Inner : _time;
 
     public string DisplayName { get; }
 

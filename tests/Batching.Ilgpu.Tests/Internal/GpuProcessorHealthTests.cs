@@ -10,7 +10,7 @@ public class GpuProcessorHealthTests
     private static IGpuBatchProcessor<float, float> Build(string name, FakeDevice[] gpus, FakeDevice? fallback) =>
         GpuProcessorBuilder.Build(
             new ItemProgram<float, float, Twice>(default, rejectNonFinite: false), new GpuOptions { MaxRetries = 1 },
-            new BatchingOptions { Name = name, MaxBatchSize = 4, MaxDelay = TimeSpan.Zero }, null, null, null,
+            new BatchingOptions { Name = name, MaxBatchSize = 4, MaxDelay = TimeSpan.Zero }, null, null,
             (_, _) => (gpus, fallback));
 
     private static HealthCheckResult Health(IGpuBatchProcessor<float, float> processor) =>

@@ -15,7 +15,11 @@ public class ResumeStallTests
     [InlineData(16)]
     public async Task A_caller_that_blocks_on_a_siblings_result_does_not_deadlock(int batchSize)
     {
-        await using var processor = BatchProcessor.Create(new RecordingHandler().Handler, new BatchingOptions
+        // The handler waits until every caller awaits, so that all of them are resumed inline by the batch, in order.
+        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously); // the handler goes on on the pool
+        using var awaiting = new CountdownEvent(batchSize);
+        var handler = new RecordingHandler { Gate = gate.Task };
+        await using var processor = BatchProcessor.Create(handler.Handler, new BatchingOptions
         {
             MaxBatchSize = batchSize,
             MaxDelay = TimeSpan.FromSeconds(10),
@@ -30,17 +34,23 @@ public class ResumeStallTests
         // last would wait behind the first forever; the resume watch hands the rest to another thread instead.
         Task firstCaller = Task.Run(async () =>
         {
+            awaiting.Signal();
             Assert.Equal(1, await first.ConfigureAwait(false));
             released = lastResumed.Wait(TimeSpan.FromSeconds(20));
         });
         Task[] others = [.. siblings.Select((call, i) => Task.Run(async () =>
         {
+            awaiting.Signal();
             Assert.Equal(RecordingHandler.Expected(i + 1), await call.ConfigureAwait(false));
             if (i == siblings.Length - 1)
             {
                 lastResumed.Set();
             }
         }))];
+        Assert.True(awaiting.Wait(Wait.Bound));
+        await Task.Delay(20);
+        handler.Gate = null;
+        gate.SetResult();
 
         await Task.WhenAll(others.Append(firstCaller)).WaitAsync(TimeSpan.FromSeconds(15));
         Assert.True(released, "the blocked caller was never released: its siblings waited behind it");
@@ -53,7 +63,10 @@ public class ResumeStallTests
     [Fact]
     public async Task A_caller_that_blocks_for_seconds_delays_its_siblings_by_about_a_millisecond()
     {
-        await using var processor = BatchProcessor.Create(new RecordingHandler().Handler, new BatchingOptions
+        var gate = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously); // the handler goes on on the pool
+        using var awaiting = new CountdownEvent(8);
+        var handler = new RecordingHandler { Gate = gate.Task };
+        await using var processor = BatchProcessor.Create(handler.Handler, new BatchingOptions
         {
             MaxBatchSize = 8,
             MaxDelay = TimeSpan.FromSeconds(10),
@@ -66,18 +79,25 @@ public class ResumeStallTests
         long blockedAt = 0;
         Task blocking = Task.Run(async () =>
         {
+            awaiting.Signal();
             await blocker.ConfigureAwait(false);
             Volatile.Write(ref blockedAt, Stopwatch.GetTimestamp());
             release.Wait(TimeSpan.FromSeconds(3)); // Thread.Sleep-like: holds the resuming thread
         });
         Task[] others = [.. siblings.Select((call, i) => Task.Run(async () =>
         {
+            awaiting.Signal();
             await call.ConfigureAwait(false);
             resumedAt[i] = Stopwatch.GetTimestamp();
         }))];
+        Assert.True(awaiting.Wait(Wait.Bound));
+        await Task.Delay(20);
+        handler.Gate = null;
+        gate.SetResult();
         try
         {
             await Task.WhenAll(others).WaitAsync(TimeSpan.FromSeconds(2)); // long before the blocker lets go
+            Assert.NotEqual(0, Volatile.Read(ref blockedAt)); // the blocker was resumed first, inline, and blocked
             TimeSpan worst = Stopwatch.GetElapsedTime(Volatile.Read(ref blockedAt), resumedAt.Max());
 
             // Not a timing benchmark: the bound is a hundred times the watch's period, for a busy machine.

@@ -46,6 +46,7 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
     private readonly ExecutionContext _handlerContext;
     private readonly ResumeWatch<TIn, TOut> _watch;
     private readonly Action _onHandlerCompleted;
+    private readonly CompleteOnPool _completeOnPool;
     private readonly Lock _resumeSync = new();
 
     private int _state;
@@ -85,6 +86,7 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
         _handlerContext = new HandlerScope(processor, () => State == BatchState.Running).CreateContext();
         _watch = new ResumeWatch<TIn, TOut>(this);
         _onHandlerCompleted = OnHandlerCompleted;
+        _completeOnPool = new CompleteOnPool(this);
     }
 
     public BatchState State => (BatchState)Volatile.Read(ref _state);
@@ -254,16 +256,28 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
     /// <summary>The handler's task completed, on whatever thread completed it.</summary>
     private void OnHandlerCompleted()
     {
-        if (Thread.CurrentThread.IsThreadPoolThread && ExecutionContext.Capture() == CleanContext.Instance)
+        if (!Thread.CurrentThread.IsThreadPoolThread)
+        {
+            // A thread of the handler's own (a driver callback, a UI or timer thread that set a TaskCompletionSource):
+            // the callers are not resumed there; a pool thread does it.
+            ThreadPool.UnsafeQueueUserWorkItem(_completeOnPool, preferLocal: false);
+        }
+        else if (ExecutionContext.Capture() == CleanContext.Instance)
         {
             RunHere(AwaitedHandlerReturned(mayContinue: true));
         }
         else
         {
-            // A thread of the handler's own (a driver callback, a completion inside the handler's context): finish
-            // there in the clean context, and leave the next batch to the dispatcher.
+            // Inside the handler's own async method (its context): finish in the clean context and leave the next batch
+            // to the dispatcher.
             CleanContext.Run(s_awaitedHandlerReturned, this);
         }
+    }
+
+    /// <summary>Completes a batch whose handler finished on a thread outside the pool.</summary>
+    private sealed class CompleteOnPool(Batch<TIn, TOut> batch) : IThreadPoolWorkItem
+    {
+        public void Execute() => RunHere(batch.AwaitedHandlerReturned(mayContinue: true));
     }
 
     private Batch<TIn, TOut>? AwaitedHandlerReturned(bool mayContinue)
@@ -455,9 +469,11 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
             return null;
         }
 
+        // The dispatcher runs before the batch object goes back to the pool, so it never looks idle in between.
         ClearBuffers(count, releaseRequests: false);
+        Batch<TIn, TOut>? next = continueHere ? _context.Owner.TakeNextBatchHere() : null;
         _context.Owner.OnRetired(this);
-        return continueHere ? _context.Owner.TakeNextBatchHere() : null;
+        return next;
     }
 
     /// <summary>The watch's periodic look at a resumption, on the shared precise thread: must not block.</summary>
