@@ -227,8 +227,6 @@ internal sealed unsafe class RowProgram<T, TKernel> : KernelProgram<ReadOnlyMemo
         _rejectNonFinite = rejectNonFinite;
     }
 
-    public ReadOnlySpan<T> Parameters => _parameters;
-
     public override MethodInfo EntryPoint =>
         typeof(KernelEntryPoints).GetMethod(nameof(KernelEntryPoints.Rows))!.MakeGenericMethod(typeof(T), typeof(TKernel));
 

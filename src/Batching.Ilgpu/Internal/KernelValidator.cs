@@ -1,6 +1,5 @@
 using System.Diagnostics;
 using ILGPU;
-using ILGPU.Algorithms;
 using ILGPU.Backends.EntryPoints;
 using ILGPU.Backends.PTX;
 using ILGPU.Runtime;

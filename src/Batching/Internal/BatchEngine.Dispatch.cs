@@ -182,7 +182,7 @@ internal sealed partial class BatchEngine<TIn, TOut>
             return available;
         }
 
-        wakeWhenQueued = (int)Math.Min(int.MaxValue, Math.Max((long)decision.WakeWhenQueued, queued + 1L));
+        wakeWhenQueued = (int)Math.Min(int.MaxValue, Math.Max(decision.WakeWhenQueued, queued + 1L));
         return 0;
     }
 

@@ -98,7 +98,7 @@ public class TracingTests
             Assert.Equal(callerSpans.Count, batches.Sum(b => b.Links.Count()));
 
             // The handler runs inside its batch's activity, which has no parent.
-            Assert.All(handlerSaw, saw => Assert.Equal(("batching.batch", (string?)null), saw));
+            Assert.All(handlerSaw, saw => Assert.Equal(("batching.batch", null), saw));
         }
     }
 }

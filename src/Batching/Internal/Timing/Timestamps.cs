@@ -21,7 +21,7 @@ internal static class Timestamps
         }
 
         double ticks = span.TotalSeconds * frequency;
-        return ticks >= (double)(Never - timestamp) ? Never : timestamp + (long)Math.Ceiling(ticks);
+        return ticks >= Never - timestamp ? Never : timestamp + (long)Math.Ceiling(ticks);
     }
 
     /// <summary>Time from <paramref name="now"/> until <paramref name="due"/>: zero when it has passed, infinite for <see cref="Never"/>.</summary>
