@@ -70,19 +70,7 @@ public class ExtremeTimeoutTests
     [InlineData("TimeSpan.MaxValue")]
     public async Task A_very_long_ShutdownTimeout_waits_for_a_hung_batch_and_DisposeAsync_never_throws(string timeout)
     {
-        var time = Reliably.FakeTime();
-        var handler = new FaultyHandler(time) { Plan = _ => Fault.Hang, HangFor = TimeSpan.FromDays(30) };
-        var processor = BatchProcessor.Create(handler.Handler, new BatchingOptions
-        {
-            ShutdownTimeout = Parse(timeout),
-            ExecutionTimeout = Timeout.InfiniteTimeSpan,
-            MaxDelay = TimeSpan.Zero,
-            TimeProvider = time,
-        });
-
-        ValueTask<int> call = processor.ProcessAsync(1);
-        Assert.True(await handler.HangStarted.WaitAsync(Wait.Bound));
-        Task disposing = processor.DisposeAsync().AsTask();
+        var (time, call, disposing) = await DisposeWhileHungAsync(Parse(timeout), hangFor: TimeSpan.FromDays(30));
         await Task.Delay(50);
         Assert.False(disposing.IsCompleted, "disposal gave up on a batch long before its ShutdownTimeout");
 
@@ -94,19 +82,7 @@ public class ExtremeTimeoutTests
     [Fact]
     public async Task A_60_day_ShutdownTimeout_gives_up_after_60_days()
     {
-        var time = Reliably.FakeTime();
-        var handler = new FaultyHandler(time) { Plan = _ => Fault.Hang, HangFor = Timeout.InfiniteTimeSpan };
-        var processor = BatchProcessor.Create(handler.Handler, new BatchingOptions
-        {
-            ShutdownTimeout = TimeSpan.FromDays(60),
-            ExecutionTimeout = Timeout.InfiniteTimeSpan,
-            MaxDelay = TimeSpan.Zero,
-            TimeProvider = time,
-        });
-
-        ValueTask<int> call = processor.ProcessAsync(1);
-        Assert.True(await handler.HangStarted.WaitAsync(Wait.Bound));
-        Task disposing = processor.DisposeAsync().AsTask();
+        var (time, call, disposing) = await DisposeWhileHungAsync(TimeSpan.FromDays(60), hangFor: Timeout.InfiniteTimeSpan);
         for (int day = 0; day < 59; day++)
         {
             time.Advance(TimeSpan.FromDays(1));
@@ -150,6 +126,24 @@ public class ExtremeTimeoutTests
         });
         int[] results = await Task.WhenAll(Enumerable.Range(0, 2000).Select(i => processor.ProcessAsync(i).AsTask())).WithinBoundAsync();
         Assert.Equal(Enumerable.Range(0, 2000).Select(RecordingHandler.Expected), results);
+    }
+
+    /// <summary>A processor on fake time whose only batch hangs for <paramref name="hangFor"/>, being disposed.</summary>
+    private static async Task<(Microsoft.Extensions.Time.Testing.FakeTimeProvider Time, ValueTask<int> Call, Task Disposing)> DisposeWhileHungAsync(TimeSpan shutdownTimeout, TimeSpan hangFor)
+    {
+        var time = Reliably.FakeTime();
+        var handler = new FaultyHandler(time) { Plan = _ => Fault.Hang, HangFor = hangFor };
+        var processor = BatchProcessor.Create(handler.Handler, new BatchingOptions
+        {
+            ShutdownTimeout = shutdownTimeout,
+            ExecutionTimeout = Timeout.InfiniteTimeSpan,
+            MaxDelay = TimeSpan.Zero,
+            TimeProvider = time,
+        });
+
+        ValueTask<int> call = processor.ProcessAsync(1);
+        Assert.True(await handler.HangStarted.WaitAsync(Wait.Bound));
+        return (time, call, processor.DisposeAsync().AsTask());
     }
 
     private sealed class WaitForeverPolicy : FlushPolicy
