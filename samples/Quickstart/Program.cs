@@ -14,7 +14,7 @@ Console.WriteLine($"Batching quickstart: {Callers} concurrent callers, {duration
 Console.WriteLine($"Simulated device: {SimulatedDevice.FixedMicroseconds} µs per call + {SimulatedDevice.PerItemMicroseconds} µs per item");
 Console.WriteLine();
 
-Report batched = await RunAsync("batched (adaptive, up to 100 per call)", o => { o.MaxBatchSize = 100; o.FlushPolicy = FlushPolicy.Adaptive(); });
+Report batched = await RunAsync("batched (adaptive, up to 100 per call)", o => o.MaxBatchSize = 100); // Adaptive is the default policy
 Report single = await RunAsync("unbatched (one item per call)", o => o.MaxBatchSize = 1);
 
 Console.WriteLine();
