@@ -10,7 +10,8 @@ namespace Batching.Benchmarks;
 /// <summary>
 /// Modes:
 ///   (BenchmarkDotNet arguments)  the overhead suite, e.g. --filter '*'; writes benchmarks/results/overhead.md
-///   curves [--quick] [--out DIR] open-loop load curves for every flush policy; writes curves.md and PNG plots
+///   curves [--quick] [--out DIR] [--loads 25,50] [--profiles B]
+///                                open-loop load curves for every flush policy; writes curves.md and PNG plots
 ///   probe METHOD C [S] [--alloc-types]  one overhead scenario on a stopwatch for S seconds, with allocations per request
 ///   harness [--rounds N] [--seconds S] [--callers C] [--only A,B] [--out DIR]
 ///                                the closed-loop harness of issue "Core v2" (C = 256 callers vs the Channel baseline,
@@ -30,7 +31,19 @@ public static class Program
         {
             string output = OptionValue(args, "--out") ?? Paths.Results;
             Machine.RaisePriority();
-            return CurveSweep.Run(args.Contains("--quick") ? CurveSweep.Quick : CurveSweep.Full, output, command);
+            SweepSettings settings = args.Contains("--quick") ? CurveSweep.Quick : CurveSweep.Full;
+            if (OptionValue(args, "--loads") is { } loads)
+            {
+                // For investigation: only these load points (percent), e.g. --loads 25,50,75.
+                settings = settings with { LoadPercents = [.. loads.Split(',').Select(l => double.Parse(l, CultureInfo.InvariantCulture))] };
+            }
+
+            if (OptionValue(args, "--profiles") is { } profiles)
+            {
+                settings = settings with { Profiles = [.. settings.Profiles.Where(p => profiles.Split(',').Contains(p.Name))] };
+            }
+
+            return CurveSweep.Run(settings, output, command);
         }
 
         if (args.Length >= 3 && args[0] == "probe")
