@@ -8,7 +8,14 @@ namespace Batching;
 /// <param name="cancellationToken">Cancelled when every item of the batch was cancelled by its caller, when the batch exceeds
 /// <see cref="BatchingOptions.ExecutionTimeout"/>, or when shutdown gives up on it.</param>
 /// <returns>A task that completes when every output is written.</returns>
-/// <remarks>If the handler throws, every caller in the batch receives a <see cref="BatchExecutionException"/> wrapping it.</remarks>
+/// <remarks>
+/// <para>If the handler throws, every caller in the batch receives a <see cref="BatchExecutionException"/> wrapping it.</para>
+/// <para>The handler runs on a thread-pool thread (with <see cref="BatchingOptions.InlineWhenIdle"/>, possibly on a lone
+/// caller's thread), never on the processor's dispatcher, in a clean <see cref="ExecutionContext"/>: no AsyncLocal
+/// value of the code that built the processor or of its callers is visible, <see cref="System.Diagnostics.Activity.Current"/>
+/// is the batch's activity, and what the handler writes there does not survive into the next batch. It must not call
+/// <c>ProcessAsync</c> of its own processor (that call fails with <see cref="InvalidOperationException"/>).</para>
+/// </remarks>
 public delegate ValueTask BatchHandler<TIn, TOut>(ReadOnlyMemory<TIn> inputs, Memory<TOut> outputs, CancellationToken cancellationToken);
 
 /// <summary>A batch handler as a type, for handlers that are resolved from a dependency injection container.</summary>
