@@ -454,6 +454,8 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
             {
                 MarkIdleLocked();
             }
+
+            AssertResumeInvariants();
         }
 
         // After the lock only the immutable context may be touched, unless this was the last resumer: another one could
@@ -503,10 +505,7 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
 
             closedBurst = _burstOpen;
             _burstOpen = false;
-            if (allClaimed)
-            {
-                spawn = false;
-            }
+            AssertResumeInvariants();
         }
 
         // The dispatcher need not hold this slot, nor partial batches, for this burst any longer.
@@ -530,6 +529,7 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
         lock (_resumeSync)
         {
             _helpersWaiting--;
+            AssertResumeInvariants();
         }
 
         _ = RunResumeLoop(mayContinue: false, now);
@@ -549,6 +549,15 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
         // can touch the requests any more.
         ClearBuffers(_count, releaseRequests: true);
         _context.Owner.OnRetired(this);
+    }
+
+    [Conditional("DEBUG")]
+    private void AssertResumeInvariants()
+    {
+        Debug.Assert(_resumeSync.IsHeldByCurrentThread);
+        Debug.Assert(_resumers >= 0 && _helpersWaiting >= 0 && _helpersWaiting <= _resumers, $"{_resumers} resumers, {_helpersWaiting} helpers waiting");
+        Debug.Assert(State is BatchState.Completing || (State is BatchState.Idle && _resumers == 0), $"resuming in state {State}");
+        Debug.Assert(!_burstOpen || State == BatchState.Completing);
     }
 
     private void MarkIdleLocked()
