@@ -8,7 +8,7 @@ namespace Batching.Ilgpu.Internal;
 /// <summary>The processor callers see: rejects bad input before it is queued (so it fails only its own caller),
 /// then hands the item to the core engine, whose batch handler is the device router. Reports device health to
 /// health checks and per-device gauges to the "Batching" meter.</summary>
-internal sealed class GpuProcessor<TIn, TOut> : IGpuBatchProcessor<TIn, TOut>, IBatchingHealthContributor
+internal sealed class GpuProcessor<TIn, TOut> : IGpuBatchProcessor<TIn, TOut>, IBatchingHealthContributor, IDisposable
 {
     private readonly IBatchProcessor<TIn, TOut> _engine;
     private readonly DeviceRouter<TIn, TOut> _router;
@@ -85,6 +85,9 @@ internal sealed class GpuProcessor<TIn, TOut> : IGpuBatchProcessor<TIn, TOut>, I
             _ownedMeter?.Dispose();
         }
     }
+
+    /// <summary>For hosts that dispose synchronously: blocks until <see cref="DisposeAsync"/> completes.</summary>
+    public void Dispose() => DisposeAsync().AsTask().GetAwaiter().GetResult();
 
     private IEnumerable<Measurement<int>> Measure(Func<GpuDeviceStatus, int> value)
     {

@@ -22,10 +22,12 @@ internal sealed class ProcessorTelemetry : IDisposable
     private readonly string _processorName;
     private readonly KeyValuePair<string, object?> _processor;
     private readonly KeyValuePair<string, object?> _policy;
-    private readonly Counter<long> _requests;
-    private readonly Histogram<int> _batchSize;
-    private readonly Histogram<double> _batchDuration;
-    private readonly Histogram<double> _queueWait;
+    // Null when a listener's InstrumentPublished callback threw while the instrument was created: that measurement is
+    // then not recorded, and the processor is built anyway.
+    private readonly Counter<long>? _requests;
+    private readonly Histogram<int>? _batchSize;
+    private readonly Histogram<double>? _batchDuration;
+    private readonly Histogram<double>? _queueWait;
     private long _lastListenerFailureLog = long.MinValue;
 
     public ProcessorTelemetry(string processorName, string policyName, IMeterFactory? meterFactory, ILogger logger, Func<int> queueDepth, Func<int> inFlightBatches)
@@ -37,24 +39,38 @@ internal sealed class ProcessorTelemetry : IDisposable
         _processorName = processorName;
         _processor = new(BatchingTelemetry.ProcessorTag, processorName);
         _policy = new(BatchingTelemetry.PolicyTag, policyName);
-        _requests = _meter.CreateCounter<long>("batching.requests", "{request}",
-            "Requests that finished, by outcome: completed, failed, cancelled or rejected.");
-        _batchSize = _meter.CreateHistogram<int>("batching.batch.size", "{item}", "Items per handler call.",
-            advice: new InstrumentAdvice<int> { HistogramBucketBoundaries = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024] });
+        _requests = Guard(() => _meter.CreateCounter<long>("batching.requests", "{request}",
+            "Requests that finished, by outcome: completed, failed, cancelled or rejected."));
+        _batchSize = Guard(() => _meter.CreateHistogram<int>("batching.batch.size", "{item}", "Items per handler call.",
+            advice: new InstrumentAdvice<int> { HistogramBucketBoundaries = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024] }));
         // Batching lives in the 10 µs to 1 s range; exporters' default buckets are sized for milliseconds.
         var seconds = new InstrumentAdvice<double> { HistogramBucketBoundaries = [0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10] };
-        _batchDuration = _meter.CreateHistogram<double>("batching.batch.duration", "s", "Time a handler call took, by outcome.", advice: seconds);
-        _queueWait = _meter.CreateHistogram<double>("batching.queue.wait", "s", "Time from an item's arrival until its batch was dispatched.", advice: seconds);
+        _batchDuration = Guard(() => _meter.CreateHistogram<double>("batching.batch.duration", "s", "Time a handler call took, by outcome.", advice: seconds));
+        _queueWait = Guard(() => _meter.CreateHistogram<double>("batching.queue.wait", "s", "Time from an item's arrival until its batch was dispatched.", advice: seconds));
         var tags = new[] { _processor };
-        _meter.CreateObservableGauge("batching.queue.depth", () => new Measurement<int>(queueDepth(), tags), "{item}", "Items waiting in the queue.");
-        _meter.CreateObservableUpDownCounter("batching.batches.in_flight", () => new Measurement<int>(inFlightBatches(), tags), "{batch}", "Batches whose handler call is running.");
+        Guard(() => _meter.CreateObservableGauge("batching.queue.depth", () => new Measurement<int>(queueDepth(), tags), "{item}", "Items waiting in the queue."));
+        Guard(() => _meter.CreateObservableUpDownCounter("batching.batches.in_flight", () => new Measurement<int>(inFlightBatches(), tags), "{batch}", "Batches whose handler call is running."));
     }
 
-    public bool QueueWaitEnabled => _queueWait.Enabled;
+    public bool QueueWaitEnabled => _queueWait?.Enabled == true;
+
+    private T? Guard<T>(Func<T> create)
+        where T : class
+    {
+        try
+        {
+            return create();
+        }
+        catch (Exception ex)
+        {
+            ListenerFailed(ex);
+            return null;
+        }
+    }
 
     public void RequestsFinished(string outcome, int count)
     {
-        if (count > 0 && _requests.Enabled)
+        if (count > 0 && _requests?.Enabled == true)
         {
             try
             {
@@ -71,7 +87,7 @@ internal sealed class ProcessorTelemetry : IDisposable
     {
         try
         {
-            _queueWait.Record(wait.TotalSeconds, _processor);
+            _queueWait?.Record(wait.TotalSeconds, _processor);
         }
         catch (Exception ex)
         {
@@ -81,7 +97,7 @@ internal sealed class ProcessorTelemetry : IDisposable
 
     public void BatchStarted(int size)
     {
-        if (_batchSize.Enabled)
+        if (_batchSize?.Enabled == true)
         {
             try
             {
@@ -96,7 +112,7 @@ internal sealed class ProcessorTelemetry : IDisposable
 
     public void BatchFinished(TimeSpan duration, string outcome)
     {
-        if (_batchDuration.Enabled)
+        if (_batchDuration?.Enabled == true)
         {
             try
             {

@@ -201,6 +201,14 @@ internal sealed partial class BatchEngine<TIn, TOut>
             return null;
         }
 
+        // Only for a caller on the default scheduler: a handler run on a UI thread (or inside an exclusive scheduler)
+        // would post its own continuations there, and a caller blocking that thread would wait for ExecutionTimeout.
+        SynchronizationContext? context = SynchronizationContext.Current;
+        if ((context is not null && context.GetType() != typeof(SynchronizationContext)) || TaskScheduler.Current != TaskScheduler.Default)
+        {
+            return null;
+        }
+
         if (DecideLocked(now, out _, out _) != 1)
         {
             return null;

@@ -37,6 +37,10 @@ internal sealed partial class BatchEngine<TIn, TOut>
         return new ValueTask(task);
     }
 
+    /// <summary>For hosts that dispose synchronously (a DI container in a <c>using</c>): blocks until the drain of
+    /// <see cref="DisposeAsync"/> completes, so for up to ShutdownTimeout and whatever the batches still running take.</summary>
+    public void Dispose() => DisposeAsync().AsTask().GetAwaiter().GetResult();
+
     private async Task ShutdownAsync(TaskCompletionSource done)
     {
         try
@@ -50,7 +54,16 @@ internal sealed partial class BatchEngine<TIn, TOut>
         }
         finally
         {
-            _wakeUp.Dispose();
+            // Each step is guarded (a custom clock's timers, a meter listener): disposal always completes.
+            try
+            {
+                _wakeUp.Dispose();
+            }
+            catch (Exception)
+            {
+                // reported by the guarded clock
+            }
+
             Telemetry.Dispose();
             while (_idleBatches.TryDequeue(out Batch<TIn, TOut>? batch))
             {
@@ -157,8 +170,8 @@ internal sealed partial class BatchEngine<TIn, TOut>
     private void Abort(string reason, ProcessorState final, string? fault = null)
     {
         List<Request<TIn, TOut>> queued = [];
+        List<Request<TIn, TOut>> inBatches = [];
         List<CancellationTokenSource> toCancel = [];
-        int failedInBatches = 0;
         lock (_lock)
         {
             if (_state is ProcessorState.Stopped or ProcessorState.Faulted && _running.Count == 0 && _queue.QueuedItems == 0)
@@ -171,7 +184,7 @@ internal sealed partial class BatchEngine<TIn, TOut>
             _queue.RemoveAllLocked(queued);
             foreach (Batch<TIn, TOut> batch in _running)
             {
-                failedInBatches += batch.AbandonLocked(reason, out CancellationTokenSource? cts);
+                batch.AbandonLocked(inBatches, out CancellationTokenSource? cts);
                 if (cts is not null)
                 {
                     toCancel.Add(cts);
@@ -184,12 +197,17 @@ internal sealed partial class BatchEngine<TIn, TOut>
         }
 
         _wakeUp.Signal();
-        Telemetry.RequestsFinished(Outcomes.Failed, queued.Count + failedInBatches);
-        Log.Aborted(Logger, DisplayName, queued.Count + failedInBatches, reason);
+        Telemetry.RequestsFinished(Outcomes.Failed, queued.Count + inBatches.Count);
+        Log.Aborted(Logger, DisplayName, queued.Count + inBatches.Count, reason);
         foreach (Request<TIn, TOut> request in queued)
         {
             request.SetException(new ObjectDisposedException(DisplayName, reason), inline: false);
             request.ReleaseEngineReference();
+        }
+
+        foreach (Request<TIn, TOut> request in inBatches)
+        {
+            request.SetException(new ObjectDisposedException(DisplayName, reason), inline: false); // their batches hold the reference
         }
 
         foreach (CancellationTokenSource cts in toCancel)

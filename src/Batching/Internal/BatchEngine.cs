@@ -45,7 +45,7 @@ internal enum ProcessorState
 /// <see cref="BatchingOptions.InlineWhenIdle"/>, on the caller's thread), and callers are resumed by the batch that
 /// carried them.</para>
 /// </remarks>
-internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut>, IBatchingHealthContributor, IRequestOwner<TIn, TOut>, IBatchOwner<TIn, TOut>
+internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut>, IDisposable, IBatchingHealthContributor, IRequestOwner<TIn, TOut>, IBatchOwner<TIn, TOut>
 {
     private readonly AdmissionQueue<TIn, TOut> _queue;
     private readonly Lock _lock;
@@ -82,7 +82,7 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
         _shutdownTimeout = options.ShutdownTimeout;
         _queue = new AdmissionQueue<TIn, TOut>(options.QueueCapacity, options.QueueFullMode == QueueFullMode.Reject);
         _lock = _queue.Sync;
-        Logger = new GuardedLogger((loggerFactory ?? NullLoggerFactory.Instance).CreateLogger("Batching.BatchProcessor"));
+        Logger = new GuardedLogger(CreateLogger(loggerFactory));
         Telemetry = new ProcessorTelemetry(DisplayName, _policy.Name, meterFactory, Logger, () => _queue.QueuedItems, () => InFlightBatches);
         _context = new BatchContext<TIn, TOut>(this, handler, _time, Telemetry, Logger, DisplayName,
             options.ExecutionTimeout, options.PoisonIsolationDepth, options.OutputCheck);
@@ -92,6 +92,19 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
     }
 
     public ILogger Logger { get; }
+
+    /// <summary>A logging provider that throws while creating its logger costs the processor its logs, not its life.</summary>
+    private static ILogger CreateLogger(ILoggerFactory? loggerFactory)
+    {
+        try
+        {
+            return (loggerFactory ?? NullLoggerFactory.Instance).CreateLogger("Batching.BatchProcessor");
+        }
+        catch (Exception)
+        {
+            return NullLogger.Instance;
+        }
+    }
 
     public ProcessorTelemetry Telemetry { get; }
 
@@ -151,11 +164,13 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
     {
         if (cancellationToken.IsCancellationRequested)
         {
+            Telemetry.RequestsFinished(Outcomes.Cancelled, 1);
             return ValueTask.FromCanceled<TOut>(cancellationToken);
         }
 
-        if (HandlerScope.Current is { } scope && scope.Blocks(this))
+        if (HandlerScope.Refuses(this))
         {
+            Telemetry.RequestsFinished(Outcomes.Rejected, 1);
             return ValueTask.FromException<TOut>(new InvalidOperationException(
                 $"ProcessAsync of '{DisplayName}' was called from inside that processor's own batch handler (or from work the handler started while its batch runs). " +
                 "Such a call would wait for a batch slot that the calling handler holds, so it is refused. Compute the item directly, or use another processor."));
@@ -314,7 +329,8 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
         try
         {
             bool timedOut, wake = false;
-            int failed = 0;
+            int count = 0;
+            List<Request<TIn, TOut>>? claimed = null;
             CancellationTokenSource? cts = null;
             lock (_lock)
             {
@@ -323,7 +339,9 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
                 {
                     bool removed = _running.Remove(batch);
                     Debug.Assert(removed);
-                    failed = batch.TimeOutLocked(out cts);
+                    claimed = [];
+                    count = batch.Count;
+                    batch.TimeOutLocked(claimed, out cts);
                     wake = SlotFreedLocked();
                 }
 
@@ -335,8 +353,13 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
                 return;
             }
 
-            Telemetry.RequestsFinished(Outcomes.Failed, failed);
-            Log.BatchTimedOut(Logger, DisplayName, batch.Count, Options.ExecutionTimeout);
+            Telemetry.RequestsFinished(Outcomes.Failed, claimed!.Count);
+            foreach (Request<TIn, TOut> request in claimed)
+            {
+                request.SetException(_context.TimeoutFailure(count), inline: false);
+            }
+
+            Log.BatchTimedOut(Logger, DisplayName, count, Options.ExecutionTimeout);
             Batch<TIn, TOut>.Cancel(cts);
             if (wake)
             {
@@ -382,7 +405,7 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
         }
         else
         {
-            batch.DisposeResources();
+            batch.DisposeResources(); // guarded: never throws
         }
     }
 

@@ -183,6 +183,35 @@ internal abstract class ConsumeOnceValueTaskSource<T> : IValueTaskSource<T>
         return result;
     }
 
+    /// <summary>Hands the continuation to the awaiter's captured context. A context that refuses (a completed
+    /// <see cref="ConcurrentExclusiveSchedulerPair"/>, a SynchronizationContext whose Post throws) must not leave the
+    /// caller hanging, nor throw into whoever completes it (a batch resuming its other callers, a timeout under the
+    /// processor's lock): the continuation then runs on the thread pool instead.</summary>
+    private static bool TrySchedule(Action<object?> continuation, object? state, object scheduler)
+    {
+        try
+        {
+            if (scheduler is SynchronizationContext synchronizationContext)
+            {
+                synchronizationContext.Post(static s =>
+                {
+                    var (c, st) = ((Action<object?>, object?))s!;
+                    c(st);
+                }, (continuation, state));
+            }
+            else
+            {
+                Task.Factory.StartNew(continuation, state, CancellationToken.None, TaskCreationOptions.DenyChildAttach, (TaskScheduler)scheduler);
+            }
+
+            return true;
+        }
+        catch (Exception)
+        {
+            return false;
+        }
+    }
+
     private static void InvokeMisused(Action<object?> continuation, object? state, ValueTaskSourceOnCompletedFlags flags)
     {
         ExecutionContext? context = (flags & ValueTaskSourceOnCompletedFlags.FlowExecutionContext) != 0 ? ExecutionContext.Capture() : null;
@@ -215,18 +244,9 @@ internal abstract class ConsumeOnceValueTaskSource<T> : IValueTaskSource<T>
 
     private static void Invoke(Action<object?> continuation, object? state, ExecutionContext? context, object? scheduler, bool inline)
     {
-        switch (scheduler)
+        if (scheduler is not null && TrySchedule(continuation, state, scheduler))
         {
-            case SynchronizationContext synchronizationContext:
-                synchronizationContext.Post(static s =>
-                {
-                    var (c, st) = ((Action<object?>, object?))s!;
-                    c(st);
-                }, (continuation, state));
-                return;
-            case TaskScheduler taskScheduler:
-                Task.Factory.StartNew(continuation, state, CancellationToken.None, TaskCreationOptions.DenyChildAttach, taskScheduler);
-                return;
+            return;
         }
 
         if (context is not null)

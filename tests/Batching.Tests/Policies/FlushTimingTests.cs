@@ -148,11 +148,36 @@ public class FlushTimingTests
         await using var processor = BatchProcessor.Create(handler, new BatchingOptions { FlushPolicy = FlushPolicy.Adaptive(), InlineWhenIdle = true });
         await Wait.UntilIdleAsync(processor);
 
-        ValueTask<int> call = processor.ProcessAsync(41);
+        // On a pool thread: the fast path never runs a handler under a caller's SynchronizationContext (xunit has one).
+        (bool completed, int caller, int result) = await Task.Run(async () =>
+        {
+            ValueTask<int> call = processor.ProcessAsync(41);
+            bool completedAtOnce = call.IsCompletedSuccessfully;
+            return (completedAtOnce, Environment.CurrentManagedThreadId, await call);
+        });
 
-        Assert.True(call.IsCompletedSuccessfully);
-        Assert.Equal(Environment.CurrentManagedThreadId, handlerThread);
-        Assert.Equal(42, await call);
+        Assert.True(completed);
+        Assert.Equal(caller, handlerThread);
+        Assert.Equal(42, result);
+    }
+
+    [Fact]
+    public async Task With_InlineWhenIdle_a_caller_under_a_SynchronizationContext_is_served_off_its_thread()
+    {
+        int? handlerThread = null;
+        BatchHandler<int, int> handler = (inputs, outputs, _) =>
+        {
+            handlerThread = Environment.CurrentManagedThreadId;
+            outputs.Span[0] = inputs.Span[0] + 1;
+            return ValueTask.CompletedTask;
+        };
+        await using var processor = BatchProcessor.Create(handler, new BatchingOptions { InlineWhenIdle = true });
+        await Wait.UntilIdleAsync(processor);
+
+        Assert.NotNull(SynchronizationContext.Current); // xunit's
+        int caller = Environment.CurrentManagedThreadId;
+        Assert.Equal(42, await processor.ProcessAsync(41));
+        Assert.NotEqual(caller, handlerThread);
     }
 
     [Fact]

@@ -27,7 +27,7 @@ namespace Batching.Internal.Execution;
 /// result): its siblings would wait behind it. The claim index <see cref="_nextToResume"/> is shared, so more workers
 /// can join: the <see cref="ResumeWatch{TIn, TOut}"/> on the shared precise thread looks every
 /// <see cref="ResumeWatch{TIn, TOut}.Period"/> and, while callers are still unclaimed, queues one more helper that
-/// resumes them. A blocking caller delays its siblings by about half a millisecond, never forever; a caller that blocks
+/// resumes them. A blocking caller delays its siblings by about a millisecond, never forever; a caller that blocks
 /// on a sibling's result is released as soon as a helper resumes that sibling; a long burst of slow continuations
 /// spreads over more threads.</para>
 /// </remarks>
@@ -43,7 +43,9 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
     private const int MaxRoundsPerWorkItem = 64;
 
     private readonly BatchContext<TIn, TOut> _context;
-    private readonly ExecutionContext _handlerContext;
+    private readonly object _processor;
+    private readonly Func<int, bool> _isRunning;
+    private ExecutionContext _handlerContext = CleanContext.Instance;
     private readonly ResumeWatch<TIn, TOut> _watch;
     private readonly Action _onHandlerCompleted;
     private readonly CompleteOnPool _completeOnPool;
@@ -83,7 +85,8 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
     public Batch(BatchContext<TIn, TOut> context, object processor)
     {
         _context = context;
-        _handlerContext = new HandlerScope(processor, () => State == BatchState.Running).CreateContext();
+        _processor = processor;
+        _isRunning = generation => State == BatchState.Running && Generation == generation;
         _watch = new ResumeWatch<TIn, TOut>(this);
         _onHandlerCompleted = OnHandlerCompleted;
         _completeOnPool = new CompleteOnPool(this);
@@ -114,6 +117,8 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
             _inputs[i] = request.Input;
         }
 
+        // A handler that has gone asynchronous may call back from a continuation: give this use a marker of its own.
+        _handlerContext = _context.Shape.CompletesAsynchronously ? HandlerScope.ForUse(_processor, _isRunning, generation) : CleanContext.Instance;
         _count = count;
         _live = count;
         _startTimestamp = now;
@@ -163,6 +168,7 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
             ExecutionContext.Run(_handlerContext, s_invokeHandler, this);
             if (_handlerError is null && !_pendingHandler.IsCompleted)
             {
+                _context.Shape.CompletesAsynchronously = true;
                 _awaiter = _pendingHandler.ConfigureAwait(false).GetAwaiter();
                 _pendingHandler = default;
                 _context.Owner.OnHandlerPending(pending: true);
@@ -211,6 +217,7 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
 
     private void InvokeHandler(int start, int length)
     {
+        object? previous = HandlerScope.EnterInvocation(_processor);
         try
         {
             _pendingHandler = _context.Handler(_inputs.AsMemory(start, length), _outputs.AsMemory(start, length), _cts.Token);
@@ -219,6 +226,10 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
         {
             _pendingHandler = default;
             _handlerError = ex;
+        }
+        finally
+        {
+            HandlerScope.ExitInvocation(previous);
         }
     }
 
@@ -625,30 +636,29 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
         return false;
     }
 
-    /// <summary>TimeOut (under the processor's lock, which also frees the slot): fails every caller nobody completed yet.</summary>
-    public int TimeOutLocked(out CancellationTokenSource? cts) => GiveUpLocked(BatchState.TimedOut, _context.TimeoutFailure, out cts);
+    /// <summary>TimeOut (under the processor's lock, which also frees the slot): claims every caller nobody completed yet
+    /// into <paramref name="claimed"/>, for the processor to fail once the lock is released.</summary>
+    public void TimeOutLocked(List<Request<TIn, TOut>> claimed, out CancellationTokenSource? cts) => GiveUpLocked(BatchState.TimedOut, claimed, out cts);
 
-    /// <summary>Abandon (shutdown, under the processor's lock, which also frees the slot): fails every caller nobody completed yet.</summary>
-    public int AbandonLocked(string reason, out CancellationTokenSource? cts) =>
-        GiveUpLocked(BatchState.Abandoned, _ => new ObjectDisposedException(_context.Name, reason), out cts);
+    /// <summary>Abandon (shutdown, under the processor's lock, which also frees the slot): as <see cref="TimeOutLocked"/>.</summary>
+    public void AbandonLocked(List<Request<TIn, TOut>> claimed, out CancellationTokenSource? cts) => GiveUpLocked(BatchState.Abandoned, claimed, out cts);
 
-    private int GiveUpLocked(BatchState to, Func<int, Exception> failure, out CancellationTokenSource? cts)
+    private void GiveUpLocked(BatchState to, List<Request<TIn, TOut>> claimed, out CancellationTokenSource? cts)
     {
         Debug.Assert(State == BatchState.Running);
         SetState(to);
-        int failed = 0;
         for (int i = 0; i < _count; i++)
         {
-            // Continuations go to the pool: this runs under the processor's lock.
+            // Claimed here, completed by the processor outside its lock: no continuation, and no captured context's
+            // Post, may ever run under the lock. The batch keeps its reference until it retires, and a caller that has
+            // not been completed cannot consume, so each request stays valid until then either way.
             if (_items[i].TryClaimFromBatch())
             {
-                _items[i].SetException(failure(_count), inline: false);
-                failed++;
+                claimed.Add(_items[i]);
             }
         }
 
         cts = TakeCancellationLocked();
-        return failed;
     }
 
     private CancellationTokenSource? TakeCancellationLocked()
@@ -825,7 +835,15 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
     /// <summary>Releases the timer and the buffers of an idle batch object (processor disposal).</summary>
     public void DisposeResources()
     {
-        _timeoutTimer?.Dispose();
+        try
+        {
+            _timeoutTimer?.Dispose();
+        }
+        catch (Exception)
+        {
+            // A custom clock's timer; the guarded provider has reported it.
+        }
+
         if (State == BatchState.Idle)
         {
             _items = [];

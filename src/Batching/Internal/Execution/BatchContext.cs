@@ -30,6 +30,19 @@ internal interface IBatchOwner<TIn, TOut>
     void OnRetired(Batch<TIn, TOut> batch);
 }
 
+/// <summary>What a processor learns about its handler as it runs (racy reads are fine: it only ever turns on).</summary>
+internal sealed class HandlerShape
+{
+    private volatile bool _completesAsynchronously;
+
+    /// <summary>The handler has returned a pending task at least once.</summary>
+    public bool CompletesAsynchronously
+    {
+        get => _completesAsynchronously;
+        set => _completesAsynchronously |= value;
+    }
+}
+
 /// <summary>
 /// Everything a batch needs from its processor, fixed when the processor is built: no reference to the engine's
 /// queue, policy or slots.
@@ -55,6 +68,9 @@ internal sealed class BatchContext<TIn, TOut>
     }
 
     public IBatchOwner<TIn, TOut> Owner { get; }
+
+    /// <summary>What the processor has learned about its handler.</summary>
+    public HandlerShape Shape { get; } = new();
 
     public BatchHandler<TIn, TOut> Handler { get; }
 

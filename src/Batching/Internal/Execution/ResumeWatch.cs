@@ -9,8 +9,9 @@ namespace Batching.Internal.Execution;
 /// </summary>
 internal sealed class ResumeWatch<TIn, TOut>(Batch<TIn, TOut> batch) : IDeadlineTarget, IThreadPoolWorkItem
 {
-    /// <summary>How often a resumption is looked at: a continuation that blocks delays its siblings by about one period.</summary>
-    public static readonly TimeSpan Period = TimeSpan.FromMilliseconds(0.5);
+    /// <summary>How often a resumption is looked at: a continuation that blocks delays its siblings by about one period
+    /// (the shared thread waits in whole milliseconds, so 1 to 2 ms).</summary>
+    public static readonly TimeSpan Period = TimeSpan.FromMilliseconds(1);
 
     private static readonly long s_periodTicks = (long)(Period.TotalSeconds * Stopwatch.Frequency);
 

@@ -63,7 +63,17 @@ internal abstract class DeadlineTimer : IDisposable
         {
             _time = time;
             _callback = callback;
-            _timer = time.CreateTimer(static s => ((ProviderDeadlineTimer)s!).OnFired(), this, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+            // Timers capture the ExecutionContext of whoever creates them, and may be created on a caller's thread (the
+            // idle fast path) or a host's (construction): their callbacks must not run in, nor keep alive, that context.
+            AsyncFlowControl? flow = ExecutionContext.IsFlowSuppressed() ? null : ExecutionContext.SuppressFlow();
+            try
+            {
+                _timer = time.CreateTimer(static s => ((ProviderDeadlineTimer)s!).OnFired(), this, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+            }
+            finally
+            {
+                flow?.Undo();
+            }
         }
 
         public override void ArmAt(long dueTimestamp)
