@@ -17,18 +17,18 @@ internal sealed partial class BatchEngine<TIn, TOut>
         Batch<TIn, TOut>? first = null;
         do
         {
-            DispatchSafely(ref first, keepFirst: true);
+            DispatchSafely(ref first);
         }
         while (!_wakeUp.EndRun());
 
         return first;
     }
 
-    private void DispatchSafely(ref Batch<TIn, TOut>? first, bool keepFirst)
+    private void DispatchSafely(ref Batch<TIn, TOut>? first)
     {
         try
         {
-            Dispatch(ref first, keepFirst);
+            Dispatch(ref first);
         }
         catch (Exception ex)
         {
@@ -40,10 +40,10 @@ internal sealed partial class BatchEngine<TIn, TOut>
     /// <summary>
     /// One run of the dispatcher (never concurrent with itself): starts batches while slots are free and the policy
     /// says go, then records what should wake it and returns. Each batch's handler runs on a pool work item of its own,
-    /// never here; with <paramref name="keepFirst"/> (the dispatcher runs on a pool thread that just finished a batch)
-    /// the first batch is handed back for that thread to run after the dispatcher role is released.
+    /// never here: the first batch is handed back, in <paramref name="first"/>, for this thread to run after the
+    /// dispatcher role is released; the others get work items.
     /// </summary>
-    private void Dispatch(ref Batch<TIn, TOut>? first, bool keepFirst)
+    private void Dispatch(ref Batch<TIn, TOut>? first)
     {
         bool more = true;
         while (more)
@@ -60,7 +60,7 @@ internal sealed partial class BatchEngine<TIn, TOut>
                 return;
             }
 
-            if (keepFirst && first is null)
+            if (first is null)
             {
                 first = batch;
             }
@@ -92,13 +92,13 @@ internal sealed partial class BatchEngine<TIn, TOut>
         if (SlotsOccupiedLocked() >= _maxConcurrentBatches)
         {
             // Arrivals need not wake us: a finishing batch or burst does.
-            _wakeUp.SleepLocked(wakeWhenQueued: int.MaxValue, Timestamps.Never, now);
+            _wakeUp.SleepLocked(wakeWhenQueued: int.MaxValue, Timestamps.Never);
             return null;
         }
 
         if (_queue.QueuedItems == 0)
         {
-            _wakeUp.SleepLocked(wakeWhenQueued: 1, Timestamps.Never, now);
+            _wakeUp.SleepLocked(wakeWhenQueued: 1, Timestamps.Never);
             return null;
         }
 
@@ -109,13 +109,13 @@ internal sealed partial class BatchEngine<TIn, TOut>
             more = SlotsOccupiedLocked() < _maxConcurrentBatches;
             if (!more)
             {
-                _wakeUp.SleepLocked(wakeWhenQueued: int.MaxValue, Timestamps.Never, now);
+                _wakeUp.SleepLocked(wakeWhenQueued: int.MaxValue, Timestamps.Never);
             }
 
             return batch;
         }
 
-        _wakeUp.SleepLocked(wakeWhenQueued, due, now);
+        _wakeUp.SleepLocked(wakeWhenQueued, due);
         return null;
     }
 

@@ -120,36 +120,13 @@ internal sealed partial class BatchEngine<TIn, TOut>
     }
 
     /// <summary>Waits for <paramref name="task"/> up to <paramref name="timeout"/> on the processor's clock, for any
-    /// timeout validation accepts: .NET's timed waits take at most about 49.7 days, so longer ones wait in steps.</summary>
+    /// timeout validation accepts (the deadline timer waits in steps past what one .NET timer can).</summary>
     private async Task<bool> WaitAsync(Task task, TimeSpan timeout)
     {
-        if (timeout == Timeout.InfiniteTimeSpan)
-        {
-            await task.ConfigureAwait(false);
-            return true;
-        }
-
-        long deadline = Timestamps.Add(_time.GetTimestamp(), timeout, _time.TimestampFrequency);
-        while (!task.IsCompleted)
-        {
-            TimeSpan remaining = Timestamps.Until(_time.GetTimestamp(), deadline, _time.TimestampFrequency);
-            if (remaining == TimeSpan.Zero)
-            {
-                return false;
-            }
-
-            TimeSpan step = remaining == Timeout.InfiniteTimeSpan || remaining > DeadlineTimer.MaxStep ? DeadlineTimer.MaxStep : remaining;
-            try
-            {
-                await task.WaitAsync(step, _time).ConfigureAwait(false);
-            }
-            catch (TimeoutException)
-            {
-                // One step ended; the loop decides whether the whole timeout has.
-            }
-        }
-
-        return true;
+        var expired = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        using DeadlineTimer timer = DeadlineTimer.Create(_time, () => expired.TrySetResult(), precise: false);
+        timer.ArmNoLaterThan(Timestamps.Add(_time.GetTimestamp(), timeout, _time.TimestampFrequency)); // infinite: never
+        return await Task.WhenAny(task, expired.Task).ConfigureAwait(false) == task;
     }
 
     /// <summary>The last drained batch left: the processor is stopped.</summary>

@@ -280,7 +280,6 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
 
     BatchState IBatchOwner<TIn, TOut>.OnHandlerReturned(Batch<TIn, TOut> batch, TimeSpan duration, bool succeeded)
     {
-        bool wake = false;
         BatchState state;
         lock (_lock)
         {
@@ -288,16 +287,10 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
             {
                 bool removed = _running.Remove(batch);
                 Debug.Assert(removed);
-                if (batch.CompleteLocked())
-                {
-                    // Its slot stays taken for dispatch until the burst of resumptions closes, which wakes the
-                    // dispatcher (or runs it on this thread); signalling it now would only cost it a useless run.
-                    Interlocked.Increment(ref _openResumeBursts);
-                }
-                else
-                {
-                    wake = SlotFreedLocked();
-                }
+                // Its slot stays taken for dispatch until the burst of resumptions closes, which wakes the dispatcher
+                // (or runs it on this thread); signalling it now would only cost it a useless run.
+                batch.CompleteLocked();
+                Interlocked.Increment(ref _openResumeBursts);
             }
 
             try
@@ -312,11 +305,6 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
 
             state = batch.State;
             AssertInvariants();
-        }
-
-        if (wake)
-        {
-            _wakeUp.Signal();
         }
 
         return state;

@@ -126,7 +126,7 @@ internal abstract class ConsumeOnceValueTaskSource<T> : IValueTaskSource<T>
             {
                 // A stale ValueTask. Throwing here would not reach the misuser: an async method's builder rethrows what
                 // OnCompleted throws on the thread pool, which ends the process. Resume it instead; its GetResult throws.
-                InvokeMisused(continuation, state, flags);
+                InvokeLater(continuation, state, flags);
                 return;
             }
 
@@ -140,20 +140,17 @@ internal abstract class ConsumeOnceValueTaskSource<T> : IValueTaskSource<T>
 
                     _continuation = continuation;
                     _continuationState = state;
-                    _executionContext = (flags & ValueTaskSourceOnCompletedFlags.FlowExecutionContext) != 0 ? ExecutionContext.Capture() : null;
-                    _scheduler = (flags & ValueTaskSourceOnCompletedFlags.UseSchedulingContext) != 0 ? CaptureScheduler() : null;
+                    (_executionContext, _scheduler) = CaptureContexts(flags);
                     Volatile.Write(ref _state, (current & ~PhaseMask) | Awaiting);
                     return;
                 case Completed:
                     // It completed between the awaiter's IsCompleted check and now: continue asynchronously, never on
                     // the caller's stack.
-                    ExecutionContext? context = (flags & ValueTaskSourceOnCompletedFlags.FlowExecutionContext) != 0 ? ExecutionContext.Capture() : null;
-                    object? scheduler = (flags & ValueTaskSourceOnCompletedFlags.UseSchedulingContext) != 0 ? CaptureScheduler() : null;
-                    Invoke(continuation, state, context, scheduler, inline: false);
+                    InvokeLater(continuation, state, flags);
                     return;
                 default:
                     // A second await (concurrent, or after the result was consumed): as above, never throw from here.
-                    InvokeMisused(continuation, state, flags);
+                    InvokeLater(continuation, state, flags);
                     return;
             }
         }
@@ -212,12 +209,16 @@ internal abstract class ConsumeOnceValueTaskSource<T> : IValueTaskSource<T>
         }
     }
 
-    private static void InvokeMisused(Action<object?> continuation, object? state, ValueTaskSourceOnCompletedFlags flags)
+    /// <summary>Runs a continuation asynchronously, in the contexts its flags ask for.</summary>
+    private static void InvokeLater(Action<object?> continuation, object? state, ValueTaskSourceOnCompletedFlags flags)
     {
-        ExecutionContext? context = (flags & ValueTaskSourceOnCompletedFlags.FlowExecutionContext) != 0 ? ExecutionContext.Capture() : null;
-        object? scheduler = (flags & ValueTaskSourceOnCompletedFlags.UseSchedulingContext) != 0 ? CaptureScheduler() : null;
+        (ExecutionContext? context, object? scheduler) = CaptureContexts(flags);
         Invoke(continuation, state, context, scheduler, inline: false);
     }
+
+    private static (ExecutionContext? Context, object? Scheduler) CaptureContexts(ValueTaskSourceOnCompletedFlags flags) =>
+        ((flags & ValueTaskSourceOnCompletedFlags.FlowExecutionContext) != 0 ? ExecutionContext.Capture() : null,
+         (flags & ValueTaskSourceOnCompletedFlags.UseSchedulingContext) != 0 ? CaptureScheduler() : null);
 
     private static void Validate(long state, short token)
     {

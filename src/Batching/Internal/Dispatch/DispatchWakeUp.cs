@@ -26,7 +26,6 @@ internal sealed class DispatchWakeUp : IThreadPoolWorkItem, IDisposable
 
     // Guarded by the processor's lock.
     private int _wakeWhenQueued = 1;
-    private long _timerDue = Timestamps.Never;
 
     /// <param name="time">The processor's clock.</param>
     /// <param name="dispatch">Runs the dispatcher once it holds the role: decides under the lock until it sleeps, and
@@ -106,23 +105,11 @@ internal sealed class DispatchWakeUp : IThreadPoolWorkItem, IDisposable
 
     /// <summary>The dispatcher goes idle: wake it when <paramref name="wakeWhenQueued"/> items are queued or at
     /// <paramref name="dueTimestamp"/>, whichever comes first (a freed slot and shutdown always signal).</summary>
-    public void SleepLocked(int wakeWhenQueued, long dueTimestamp, long now)
+    public void SleepLocked(int wakeWhenQueued, long dueTimestamp)
     {
         Debug.Assert(wakeWhenQueued >= 1);
         _wakeWhenQueued = wakeWhenQueued;
-        if (_timerDue <= now)
-        {
-            _timerDue = Timestamps.Never; // it fired: that is why we are running
-        }
-
-        // Keep a pending timer that fires sooner: it wakes us early and we simply decide again.
-        if (dueTimestamp == Timestamps.Never || _timerDue <= dueTimestamp)
-        {
-            return;
-        }
-
-        _timerDue = dueTimestamp;
-        _timer.ArmAt(dueTimestamp);
+        _timer.ArmNoLaterThan(dueTimestamp); // a pending timer that fires sooner wakes us early, and we decide again
     }
 
     public void Dispose() => _timer.Dispose();

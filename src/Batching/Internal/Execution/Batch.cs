@@ -67,7 +67,6 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
     private bool _ctsHandedOut;
 
     private DeadlineTimer? _timeoutTimer;
-    private long _timeoutTimerDue = Timestamps.Never;
 
     private Activity? _activity;
     private ValueTask _pendingHandler;
@@ -97,9 +96,6 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
     public int Generation => Volatile.Read(ref _generation);
 
     public int Count => _count;
-
-    /// <summary>The processor's clock.</summary>
-    public TimeProvider Clock => _context.Time;
 
     /// <summary>Start: takes <paramref name="count"/> requests from the head of <paramref name="queue"/> into this batch.</summary>
     public void StartLocked(AdmissionQueue<TIn, TOut> queue, int count, long now)
@@ -354,17 +350,16 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
         return null;
     }
 
-    /// <summary>Complete (under the processor's lock, which also frees the slot): Running to Completing.</summary>
-    /// <returns>Whether a burst of inline resumptions opens (always, today): until it closes the dispatcher counts the
-    /// slot as taken and holds partial batches, because the callers about to be resumed will mostly queue again at once.</returns>
-    public bool CompleteLocked()
+    /// <summary>Complete (under the processor's lock, which also frees the slot): Running to Completing. A burst of
+    /// inline resumptions opens: until it closes the dispatcher counts the slot as taken and holds partial batches,
+    /// because the callers about to be resumed will mostly queue again at once.</summary>
+    public void CompleteLocked()
     {
         Debug.Assert(State == BatchState.Running);
         _resumers = 1;
         _helpersWaiting = 0;
         _burstOpen = true;
         SetState(BatchState.Completing);
-        return true;
     }
 
     private Batch<TIn, TOut>? ResumeCallers(bool mayContinue)
@@ -394,11 +389,7 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
 
         _context.Telemetry.RequestsFinished(Outcomes.Completed, completed);
         _context.Telemetry.RequestsFinished(Outcomes.Failed, failed);
-        if (_burstOpen)
-        {
-            _watch.Start(_generation, _context.Time == TimeProvider.System ? _returnedTimestamp : Stopwatch.GetTimestamp());
-        }
-
+        _watch.Start(_generation, _context.Time == TimeProvider.System ? _returnedTimestamp : Stopwatch.GetTimestamp());
         return RunResumeLoop(mayContinue, _returnedTimestamp);
     }
 
@@ -432,18 +423,7 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
 
             try
             {
-                if (error is not null)
-                {
-                    request.SetException(_context.HandlerFailure(error, count), inline: true);
-                }
-                else if (_context.IsMissing(_outputs[i]))
-                {
-                    request.SetException(_context.MissingOutput(i, count), inline: true);
-                }
-                else
-                {
-                    request.SetResult(_outputs[i], inline: true);
-                }
+                Deliver(request, i, count, error, inline: true);
             }
             catch (Exception ex)
             {
@@ -618,7 +598,6 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
     /// <returns>Whether this use ran past ExecutionTimeout; if it has time left, the timer is re-armed for it.</returns>
     public bool ExecutionTimerFiredLocked(long now)
     {
-        _timeoutTimerDue = Timestamps.Never;
         if (State != BatchState.Running)
         {
             return false;
@@ -631,8 +610,7 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
         }
 
         // Armed by an earlier use of this batch object: the current use has time left.
-        _timeoutTimerDue = deadline;
-        _timeoutTimer!.ArmAt(deadline);
+        _timeoutTimer!.ArmNoLaterThan(deadline);
         return false;
     }
 
@@ -768,21 +746,27 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
             }
 
             // Counted before the caller can observe its result.
-            if (error is not null)
-            {
-                _context.Telemetry.RequestsFinished(Outcomes.Failed, 1);
-                item.SetException(_context.HandlerFailure(error, end - start), inline: false);
-            }
-            else if (_context.IsMissing(_outputs[i]))
-            {
-                _context.Telemetry.RequestsFinished(Outcomes.Failed, 1);
-                item.SetException(_context.MissingOutput(i, end - start), inline: false);
-            }
-            else
-            {
-                _context.Telemetry.RequestsFinished(Outcomes.Completed, 1);
-                item.SetResult(_outputs[i], inline: false);
-            }
+            bool fails = error is not null || _context.IsMissing(_outputs[i]);
+            _context.Telemetry.RequestsFinished(fails ? Outcomes.Failed : Outcomes.Completed, 1);
+            Deliver(item, i, end - start, error, inline: false);
+        }
+    }
+
+    /// <summary>Hands a claimed caller the outcome of item <paramref name="i"/>: the handler's failure, a missing
+    /// output, or its output.</summary>
+    private void Deliver(Request<TIn, TOut> request, int i, int batchSize, Exception? error, bool inline)
+    {
+        if (error is not null)
+        {
+            request.SetException(_context.HandlerFailure(error, batchSize), inline);
+        }
+        else if (_context.IsMissing(_outputs[i]))
+        {
+            request.SetException(_context.MissingOutput(i, batchSize), inline);
+        }
+        else
+        {
+            request.SetResult(_outputs[i], inline);
         }
     }
 
@@ -797,14 +781,8 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
         // Timer changes take a process-wide lock and were the largest fixed cost of a small batch, so the timer stays
         // armed across uses: one armed for an earlier, sooner deadline fires early, and ExecutionTimerFiredLocked
         // re-arms it for this use. At most one expiry per ExecutionTimeout per batch object.
-        if (_timeoutTimerDue <= deadline)
-        {
-            return;
-        }
-
         _timeoutTimer ??= DeadlineTimer.Create(_context.Time, () => _context.Owner.OnExecutionTimer(this), precise: false);
-        _timeoutTimerDue = deadline;
-        _timeoutTimer.ArmAt(deadline);
+        _timeoutTimer.ArmNoLaterThan(deadline);
     }
 
     /// <summary>Buffers rented to the size of the batch: kept while they fit, swapped when much too small or too large.</summary>

@@ -25,6 +25,9 @@ internal sealed class HandlerScope
     [ThreadStatic]
     private static object? t_invoking;
 
+    // Set once any processor has given a use its own scope: until then no call needs the AsyncLocal lookup.
+    private static volatile bool s_inUse;
+
     private readonly object _processor;
     private readonly Func<int, bool> _isRunning;
     private readonly int _generation;
@@ -41,11 +44,12 @@ internal sealed class HandlerScope
     /// running right now and made the call.</summary>
     public static bool Refuses(object processor) =>
         ReferenceEquals(t_invoking, processor) ||
-        (s_current.Value is { } scope && ReferenceEquals(scope._processor, processor) && scope._isRunning(scope._generation));
+        (s_inUse && s_current.Value is { } scope && ReferenceEquals(scope._processor, processor) && scope._isRunning(scope._generation));
 
     /// <summary>The clean context plus a scope naming one use of a batch object.</summary>
     public static ExecutionContext ForUse(object processor, Func<int, bool> isRunning, int generation)
     {
+        s_inUse = true;
         var scope = new HandlerScope(processor, isRunning, generation);
         ExecutionContext.Run(CleanContext.Instance, s_capture, scope);
         return scope._context!;

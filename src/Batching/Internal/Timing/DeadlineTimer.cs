@@ -1,23 +1,28 @@
-using System.Diagnostics;
-
 namespace Batching.Internal.Timing;
 
 /// <summary>
-/// A one-shot timer armed for an absolute timestamp of one <see cref="TimeProvider"/>: the one deadline abstraction
-/// of the engine. Which implementation a processor uses is chosen once, when it is built (as OpenTelemetry's batch
-/// processor picks its worker once): the precise shared thread for the system clock, the provider's own timers for any
-/// other clock (fake time in tests).
+/// A one-shot timer for absolute timestamps of one <see cref="TimeProvider"/>: the one deadline abstraction of the
+/// engine (the dispatcher's wake-ups, execution timeouts, the shutdown wait). Which implementation a user gets is
+/// chosen once, when it is built (as OpenTelemetry's batch processor picks its worker once): the precise shared thread
+/// for the system clock, the provider's own timers for any other clock (fake time in tests).
 /// </summary>
 /// <remarks>
-/// The callback must be quick and must never block or call user code: it only signals. Any deadline works, however far
-/// away: .NET timers accept at most about 49.7 days, so a longer wait is armed in steps and re-armed when a step ends.
+/// <para>Armed with <see cref="ArmNoLaterThan"/>: a pending deadline that comes sooner is kept (it fires early and the
+/// owner, deciding again, arms for what it still needs), so arming is cheap when it is already pending. The timer
+/// forgets its deadline just before the callback runs, so an arming that races with a firing is never lost.</para>
+/// <para>The callback must be quick and must never block or call user code: it only signals. Any deadline works,
+/// however far away: .NET timers accept at most about 49.7 days, so a longer wait is armed in steps.</para>
 /// </remarks>
 internal abstract class DeadlineTimer : IDisposable
 {
-    /// <summary>The longest single step handed to an <see cref="ITimer"/>; longer waits re-arm.</summary>
-    internal static readonly TimeSpan MaxStep = TimeSpan.FromDays(1);
+    private readonly Lock _lock = new();
+    private readonly Action _callback;
+    private long _due = Timestamps.Never;
+    private bool _disposed;
 
-    /// <summary>A timer that fires <paramref name="callback"/> at the deadlines given to <see cref="ArmAt"/>.</summary>
+    private DeadlineTimer(Action callback) => _callback = callback;
+
+    /// <summary>A timer that fires <paramref name="callback"/> at the deadlines given to <see cref="ArmNoLaterThan"/>.</summary>
     /// <param name="time">The clock deadlines are read on.</param>
     /// <param name="callback">Invoked on a timer or pool thread; must only signal.</param>
     /// <param name="precise">Use the shared precise thread when <paramref name="time"/> is the system clock
@@ -25,50 +30,93 @@ internal abstract class DeadlineTimer : IDisposable
     public static DeadlineTimer Create(TimeProvider time, Action callback, bool precise) =>
         precise && time == TimeProvider.System ? new PreciseDeadlineTimer(callback) : new ProviderDeadlineTimer(time, callback);
 
-    /// <summary>Fires the callback once at (or just after) <paramref name="dueTimestamp"/>, replacing any earlier arming.
-    /// <see cref="Timestamps.Never"/> disarms.</summary>
-    public abstract void ArmAt(long dueTimestamp);
-
-    public abstract void Dispose();
-
-    private sealed class PreciseDeadlineTimer(Action callback) : DeadlineTimer, IDeadlineTarget
+    /// <summary>Makes the callback fire at <paramref name="dueTimestamp"/> or sooner; <see cref="Timestamps.Never"/> arms nothing.</summary>
+    public void ArmNoLaterThan(long dueTimestamp)
     {
-        public override void ArmAt(long dueTimestamp)
+        if (dueTimestamp == Timestamps.Never)
         {
-            if (dueTimestamp == Timestamps.Never)
-            {
-                PreciseTimerThread.Cancel(this);
-            }
-            else
-            {
-                PreciseTimerThread.Schedule(this, dueTimestamp);
-            }
+            return;
         }
 
-        void IDeadlineTarget.OnDeadline() => callback();
+        lock (_lock)
+        {
+            if (_disposed || _due <= dueTimestamp)
+            {
+                return;
+            }
 
-        public override void Dispose() => PreciseTimerThread.Cancel(this);
+            _due = dueTimestamp;
+            ArmLocked(dueTimestamp);
+        }
+    }
+
+    public void Dispose()
+    {
+        lock (_lock)
+        {
+            _disposed = true;
+        }
+
+        DisposeCore();
+    }
+
+    /// <summary>Starts the underlying wait for <paramref name="dueTimestamp"/>, replacing the previous one.</summary>
+    private protected abstract void ArmLocked(long dueTimestamp);
+
+    private protected abstract void DisposeCore();
+
+    /// <summary>The underlying wait ended at <paramref name="now"/>: fire if the deadline is reached, else wait for the rest.</summary>
+    private protected void OnWaitEnded(long now)
+    {
+        lock (_lock)
+        {
+            if (_disposed || _due == Timestamps.Never)
+            {
+                return;
+            }
+
+            if (now < _due)
+            {
+                // One step of a long wait ended (or the provider fired early).
+                ArmLocked(_due);
+                return;
+            }
+
+            _due = Timestamps.Never;
+        }
+
+        _callback();
+    }
+
+    private sealed class PreciseDeadlineTimer(Action callback) : DeadlineTimer(callback), IDeadlineTarget
+    {
+        private protected override void ArmLocked(long dueTimestamp) => PreciseTimerThread.Schedule(this, dueTimestamp);
+
+        void IDeadlineTarget.OnDeadline() => OnWaitEnded(System.Diagnostics.Stopwatch.GetTimestamp());
+
+        private protected override void DisposeCore() => PreciseTimerThread.Cancel(this);
     }
 
     private sealed class ProviderDeadlineTimer : DeadlineTimer
     {
+        /// <summary>The longest single wait handed to an <see cref="ITimer"/>; longer waits re-arm.</summary>
+        private static readonly TimeSpan MaxStep = TimeSpan.FromDays(1);
+
         private readonly TimeProvider _time;
-        private readonly Action _callback;
         private readonly ITimer _timer;
-        private readonly Lock _lock = new();
-        private long _due = Timestamps.Never;
-        private bool _disposed;
 
         public ProviderDeadlineTimer(TimeProvider time, Action callback)
+            : base(callback)
         {
             _time = time;
-            _callback = callback;
+
             // Timers capture the ExecutionContext of whoever creates them, and may be created on a caller's thread (the
             // idle fast path) or a host's (construction): their callbacks must not run in, nor keep alive, that context.
             AsyncFlowControl? flow = ExecutionContext.IsFlowSuppressed() ? null : ExecutionContext.SuppressFlow();
             try
             {
-                _timer = time.CreateTimer(static s => ((ProviderDeadlineTimer)s!).OnFired(), this, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
+                _timer = time.CreateTimer(static s => ((ProviderDeadlineTimer)s!).OnWaitEnded(((ProviderDeadlineTimer)s!)._time.GetTimestamp()),
+                    this, Timeout.InfiniteTimeSpan, Timeout.InfiniteTimeSpan);
             }
             finally
             {
@@ -76,63 +124,12 @@ internal abstract class DeadlineTimer : IDisposable
             }
         }
 
-        public override void ArmAt(long dueTimestamp)
+        private protected override void ArmLocked(long dueTimestamp)
         {
-            lock (_lock)
-            {
-                if (_disposed)
-                {
-                    return;
-                }
-
-                _due = dueTimestamp;
-                ChangeLocked(_time.GetTimestamp());
-            }
+            TimeSpan wait = Timestamps.Until(_time.GetTimestamp(), dueTimestamp, _time.TimestampFrequency);
+            _timer.Change(wait > MaxStep ? MaxStep : wait, Timeout.InfiniteTimeSpan);
         }
 
-        private void ChangeLocked(long now)
-        {
-            Debug.Assert(_lock.IsHeldByCurrentThread);
-            TimeSpan wait = Timestamps.Until(now, _due, _time.TimestampFrequency);
-            if (wait != Timeout.InfiniteTimeSpan && wait > MaxStep)
-            {
-                wait = MaxStep;
-            }
-
-            _timer.Change(wait, Timeout.InfiniteTimeSpan);
-        }
-
-        private void OnFired()
-        {
-            lock (_lock)
-            {
-                if (_disposed || _due == Timestamps.Never)
-                {
-                    return;
-                }
-
-                long now = _time.GetTimestamp();
-                if (now < _due)
-                {
-                    // One step of a long wait ended (or the provider fired early): wait for the rest.
-                    ChangeLocked(now);
-                    return;
-                }
-
-                _due = Timestamps.Never;
-            }
-
-            _callback();
-        }
-
-        public override void Dispose()
-        {
-            lock (_lock)
-            {
-                _disposed = true;
-            }
-
-            _timer.Dispose();
-        }
+        private protected override void DisposeCore() => _timer.Dispose();
     }
 }
