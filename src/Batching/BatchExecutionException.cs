@@ -24,6 +24,17 @@ public sealed class BatchExecutionException : Exception
         BatchSize = batchSize;
     }
 
-    /// <summary>The number of items in the handler call that failed (after any poison isolation), or 0 when unknown.</summary>
+    internal BatchExecutionException(string message, Exception? innerException, IReadOnlyList<BatchItemFailure> itemFailures)
+        : base(message, innerException)
+    {
+        ItemFailures = itemFailures;
+    }
+
+    /// <summary>The number of items in the handler call that failed (after any poison isolation), or 0 when unknown
+    /// (always 0 for a multi-item call, whose items may have run in several batches: see <see cref="ItemFailures"/>).</summary>
     public int BatchSize { get; }
+
+    /// <summary>For a multi-item call (<see cref="IBatchProcessor{TIn, TOut}.ProcessManyAsync"/>): which of its inputs
+    /// failed, as runs of consecutive indexes, in index order, each with its reason. Empty for a single-item call.</summary>
+    public IReadOnlyList<BatchItemFailure> ItemFailures { get; } = [];
 }

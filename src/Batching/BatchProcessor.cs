@@ -8,7 +8,7 @@ namespace Batching;
 /// <summary>Creates batch processors without a dependency injection container.</summary>
 public static class BatchProcessor
 {
-    /// <summary>Creates a processor that runs <paramref name="handler"/> over batches of concurrent <see cref="IBatchProcessor{TIn, TOut}.ProcessAsync"/> calls.</summary>
+    /// <summary>Creates a processor that runs <paramref name="handler"/> over batches of concurrent <see cref="IBatchProcessor{TIn, TOut}.ProcessAsync(TIn, CancellationToken)"/> calls.</summary>
     /// <typeparam name="TIn">The type of one input item.</typeparam>
     /// <typeparam name="TOut">The type of one output item.</typeparam>
     /// <param name="handler">Fills <c>outputs[i]</c> for <c>inputs[i]</c>.</param>

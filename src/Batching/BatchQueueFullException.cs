@@ -1,6 +1,6 @@
 namespace Batching;
 
-/// <summary>Thrown by <see cref="IBatchProcessor{TIn, TOut}.ProcessAsync"/> when the queue is full and <see cref="BatchingOptions.QueueFullMode"/> is <see cref="QueueFullMode.Reject"/>.</summary>
+/// <summary>Thrown by <see cref="IBatchProcessor{TIn, TOut}.ProcessAsync(TIn, CancellationToken)"/> when the queue is full and <see cref="BatchingOptions.QueueFullMode"/> is <see cref="QueueFullMode.Reject"/>.</summary>
 /// <remarks>The item was never queued; retrying later, or on another instance, is safe.</remarks>
 public sealed class BatchQueueFullException : Exception
 {

@@ -21,6 +21,12 @@ public sealed class BatchingOptions
     /// <summary>The largest value <see cref="MaxBatchSize"/>, <see cref="QueueCapacity"/> and <see cref="MaxConcurrentBatches"/> accept: 16,777,216.</summary>
     public const int MaxCount = 1 << 24;
 
+    /// <summary>The largest value <see cref="PriorityLevels"/> accepts: 16.</summary>
+    public const int MaxPriorityLevels = ProcessorLoad.MaxPriorityLevels;
+
+    /// <summary>The largest weight <see cref="PriorityWeights"/> accepts for one level: 1,000,000.</summary>
+    public const int MaxPriorityWeight = 1_000_000;
+
     /// <summary>The largest value <see cref="PoisonIsolationDepth"/> accepts: 16.</summary>
     public const int MaxPoisonIsolationDepth = 16;
 
@@ -79,7 +85,7 @@ public sealed class BatchingOptions
     /// The idle fast path: when a lone item arrives, a batch slot is free and the flush policy would dispatch it at
     /// once (as <see cref="FlushPolicy.Adaptive"/> does when nothing runs), run its batch on the caller's thread
     /// instead of waking the dispatcher. That saves two thread hops (well under a microsecond of added latency instead
-    /// of a few), and a synchronous handler completes the call before <see cref="IBatchProcessor{TIn, TOut}.ProcessAsync"/>
+    /// of a few), and a synchronous handler completes the call before <see cref="IBatchProcessor{TIn, TOut}.ProcessAsync(TIn, CancellationToken)"/>
     /// returns. The price: a handler that blocks its thread then holds that caller inside <c>ProcessAsync</c> for as
     /// long as it blocks, deaf to the caller's token and to <see cref="ExecutionTimeout"/>. Turn it on for handlers
     /// that are asynchronous (a GPU launch, an I/O call) or quick. The handler still runs in the clean
@@ -99,6 +105,41 @@ public sealed class BatchingOptions
     /// which waits out <see cref="MaxDelay"/> on every partial batch.)</value>
     public FlushPolicy FlushPolicy { get; set; } = FlushPolicy.Adaptive();
 
+    /// <summary>
+    /// How many priority levels calls may use (<see cref="RequestOptions.Priority"/> 0 to PriorityLevels - 1, 0 the most
+    /// urgent). Each level is a FIFO lane; batches are filled from the lanes that have work by weighted fair sharing (see
+    /// <see cref="PriorityWeights"/>), so a more urgent level gets the larger share and no level with work starves. With
+    /// one level, the queue is one FIFO.
+    /// </summary>
+    /// <value>Default: 1. Allowed: 1 to <see cref="MaxPriorityLevels"/>.</value>
+    public int PriorityLevels { get; set; } = 1;
+
+    /// <summary>
+    /// Each level's share of the items dispatched while several levels have work: level i gets
+    /// <c>PriorityWeights[i] / (sum of the weights of the levels with work)</c> of them (deficit round robin in items:
+    /// each turn a level with work takes up to its weight in items, across batch boundaries). The same shares apply to
+    /// callers waiting for queue space when room frees.
+    /// </summary>
+    /// <value>Default: <see langword="null"/>: each level gets twice the share of the next (for 3 levels, 4 : 2 : 1).
+    /// Allowed: exactly <see cref="PriorityLevels"/> weights, each 1 to <see cref="MaxPriorityWeight"/>.</value>
+    public IReadOnlyList<int>? PriorityWeights { get; set; }
+
+    /// <summary>
+    /// The weight of one input (for example its token count), a <c>Func&lt;TIn, int&gt;</c> for the processor's input type
+    /// (<c>options.ItemWeight = (string text) =&gt; text.Length;</c>). When set, a batch is bounded by
+    /// <see cref="MaxBatchWeight"/> in total weight as well as by <see cref="MaxBatchSize"/> in items; the flush policy
+    /// still decides in items. It is called once per input, on the caller's thread, before the input is queued; an input
+    /// heavier than MaxBatchWeight, a negative weight, or a weight function that throws fails that call alone with
+    /// <see cref="ArgumentException"/>.
+    /// </summary>
+    /// <value>Default: <see langword="null"/> (batches bounded by size only). Must be a <c>Func&lt;TIn, int&gt;</c> whose
+    /// <c>TIn</c> is the processor's input type; set together with <see cref="MaxBatchWeight"/>.</value>
+    public Delegate? ItemWeight { get; set; }
+
+    /// <summary>The most total <see cref="ItemWeight"/> one batch may carry.</summary>
+    /// <value>Default: 0 (unused). Allowed: 1 to <see cref="int.MaxValue"/> when <see cref="ItemWeight"/> is set; 0 when it is not.</value>
+    public int MaxBatchWeight { get; set; }
+
     /// <summary>The clock for delays and timeouts. <see langword="null"/> uses the container's <see cref="System.TimeProvider"/>, else <see cref="TimeProvider.System"/>.</summary>
     /// <value>Default: <see langword="null"/>.</value>
     public TimeProvider? TimeProvider { get; set; }
@@ -115,6 +156,20 @@ public sealed class BatchingOptions
         Require(ExecutionTimeout > TimeSpan.Zero || ExecutionTimeout == Timeout.InfiniteTimeSpan, nameof(ExecutionTimeout), "must be more than zero, or Timeout.InfiniteTimeSpan", ExecutionTimeout);
         Require(ShutdownTimeout >= TimeSpan.Zero || ShutdownTimeout == Timeout.InfiniteTimeSpan, nameof(ShutdownTimeout), "must be zero or more, or Timeout.InfiniteTimeSpan", ShutdownTimeout);
         Require(PoisonIsolationDepth is >= 0 and <= MaxPoisonIsolationDepth, nameof(PoisonIsolationDepth), $"must be between 0 and {MaxPoisonIsolationDepth}", PoisonIsolationDepth);
+        Require(PriorityLevels is >= 1 and <= MaxPriorityLevels, nameof(PriorityLevels), $"must be between 1 and {MaxPriorityLevels}", PriorityLevels);
+        if (PriorityWeights is { } weights)
+        {
+            Require(weights.Count == PriorityLevels, nameof(PriorityWeights), $"must hold one weight per priority level ({PriorityLevels})", $"{weights.Count} weight(s)");
+            for (int i = 0; i < weights.Count; i++)
+            {
+                Require(weights[i] is >= 1 and <= MaxPriorityWeight, nameof(PriorityWeights), $"[{i}] must be between 1 and {MaxPriorityWeight}", weights[i]);
+            }
+        }
+
+        Require(ItemWeight is not null || MaxBatchWeight == 0, nameof(MaxBatchWeight), "must be 0 unless ItemWeight is set", MaxBatchWeight);
+        Require(ItemWeight is null || MaxBatchWeight >= 1, nameof(MaxBatchWeight), "must be at least 1 when ItemWeight is set", MaxBatchWeight);
+        Require(ItemWeight is null || (ItemWeight.GetType().IsGenericType && ItemWeight.GetType().GetGenericTypeDefinition() == typeof(Func<,>)
+            && ItemWeight.GetType().GetGenericArguments()[1] == typeof(int)), nameof(ItemWeight), "must be a Func<TIn, int>", ItemWeight?.GetType().ToString() ?? "null");
         Require(Enum.IsDefined(OutputCheck), nameof(OutputCheck), "must be RejectNull, RejectDefault or None", OutputCheck);
         if (FlushPolicy is null)
         {
@@ -128,6 +183,26 @@ public sealed class BatchingOptions
     /// Processors copy their options when built, so later changes to the original never reach a running processor.</summary>
     /// <returns>A new options object with the same settings.</returns>
     public BatchingOptions Clone() => (BatchingOptions)MemberwiseClone();
+
+    /// <summary>The weight of each priority level, resolved (the default doubles per level, from the last level's 1).</summary>
+    internal int[] ResolvePriorityWeights()
+    {
+        var weights = new int[PriorityLevels];
+        for (int i = 0; i < weights.Length; i++)
+        {
+            weights[i] = PriorityWeights?[i] ?? 1 << (PriorityLevels - 1 - i);
+        }
+
+        return weights;
+    }
+
+    /// <summary>The weight function for a processor of <typeparamref name="TIn"/>; throws naming ItemWeight if it is another type's.</summary>
+    internal Func<TIn, int>? ResolveItemWeight<TIn>() => ItemWeight switch
+    {
+        null => null,
+        Func<TIn, int> weight => weight,
+        _ => throw new ArgumentException($"BatchingOptions.ItemWeight must be a Func<{typeof(TIn).Name}, int> for this processor's input type; it was {ItemWeight.GetType()}.", nameof(ItemWeight)),
+    };
 
     internal static void Require(bool condition, string setting, string rule, object value)
     {

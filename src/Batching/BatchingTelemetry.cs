@@ -12,7 +12,8 @@ public static class BatchingTelemetry
     /// <summary>The tag that carries the processor's name on every measurement and activity.</summary>
     public const string ProcessorTag = "batching.processor";
 
-    /// <summary>The tag that carries a request's outcome on <c>batching.requests</c>: completed, failed, cancelled or rejected.</summary>
+    /// <summary>The tag that carries a request's outcome on <c>batching.requests</c>: completed, failed, cancelled, rejected,
+    /// or expired (its queue timeout passed before it was dispatched). A multi-item call counts once.</summary>
     public const string RequestOutcomeTag = "batching.request.outcome";
 
     /// <summary>The tag that carries a batch's outcome on <c>batching.batch.duration</c> and batch activities: success, failure, timeout or cancelled.</summary>
@@ -20,4 +21,7 @@ public static class BatchingTelemetry
 
     /// <summary>The tag that carries the flush policy's name.</summary>
     public const string PolicyTag = "batching.policy";
+
+    /// <summary>The tag that carries the priority level on <c>batching.queue.depth</c>.</summary>
+    public const string PriorityTag = "batching.priority";
 }

@@ -43,6 +43,32 @@ internal sealed class GpuProcessor<TIn, TOut> : IGpuBatchProcessor<TIn, TOut>, I
             : ValueTask.FromException<TOut>(new ArgumentException(problem, nameof(input)));
     }
 
+    public ValueTask<TOut> ProcessAsync(TIn input, RequestOptions options, CancellationToken cancellationToken = default)
+    {
+        string? problem = _check(input);
+        return problem is null
+            ? _engine.ProcessAsync(input, options, cancellationToken)
+            : ValueTask.FromException<TOut>(new ArgumentException(problem, nameof(input)));
+    }
+
+    /// <summary>A request of k rows (or items): every input is checked first, so a bad one fails the call before any
+    /// is queued; the engine splits the rest across batches as for any multi-item call.</summary>
+    public ValueTask ProcessManyAsync(ReadOnlyMemory<TIn> inputs, Memory<TOut> outputs, RequestOptions options = default, CancellationToken cancellationToken = default)
+    {
+        ReadOnlySpan<TIn> span = inputs.Span;
+        for (int i = 0; i < span.Length; i++)
+        {
+            if (_check(span[i]) is { } problem)
+            {
+                return ValueTask.FromException(new ArgumentException($"inputs[{i}]: {problem} Nothing was queued.", nameof(inputs)));
+            }
+        }
+
+        return _engine.ProcessManyAsync(inputs, outputs, options, cancellationToken);
+    }
+
+    public ProcessorLoad GetLoad() => _engine.GetLoad();
+
     /// <summary>
     /// The engine's own health, made worse by the devices': Degraded when a device was quarantined or only the
     /// CPU fallback is left, Unhealthy when no device can run a batch.

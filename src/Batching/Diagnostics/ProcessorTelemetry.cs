@@ -30,7 +30,8 @@ internal sealed class ProcessorTelemetry : IDisposable
     private readonly Histogram<double>? _queueWait;
     private long _lastListenerFailureLog = long.MinValue;
 
-    public ProcessorTelemetry(string processorName, string policyName, IMeterFactory? meterFactory, ILogger logger, Func<int> queueDepth, Func<int> inFlightBatches)
+    public ProcessorTelemetry(string processorName, string policyName, IMeterFactory? meterFactory, ILogger logger, int priorityLevels,
+        Func<int, int> queueDepthAt, Func<int> inFlightBatches, Func<double> estimatedWaitSeconds)
     {
         var options = new MeterOptions(BatchingTelemetry.MeterName) { Tags = [new(BatchingTelemetry.ProcessorTag, processorName)] };
         _ownsMeter = meterFactory is null;
@@ -48,7 +49,24 @@ internal sealed class ProcessorTelemetry : IDisposable
         _batchDuration = Guard(() => _meter.CreateHistogram<double>("batching.batch.duration", "s", "Time a handler call took, by outcome.", advice: seconds));
         _queueWait = Guard(() => _meter.CreateHistogram<double>("batching.queue.wait", "s", "Time from an item's arrival until its batch was dispatched.", advice: seconds));
         var tags = new[] { _processor };
-        Guard(() => _meter.CreateObservableGauge("batching.queue.depth", () => new Measurement<int>(queueDepth(), tags), "{item}", "Items waiting in the queue."));
+        var levelTags = new KeyValuePair<string, object?>[priorityLevels][];
+        for (int level = 0; level < priorityLevels; level++)
+        {
+            levelTags[level] = [_processor, new(BatchingTelemetry.PriorityTag, level)];
+        }
+
+        Guard(() => _meter.CreateObservableGauge("batching.queue.depth", () =>
+        {
+            var measurements = new Measurement<int>[levelTags.Length];
+            for (int level = 0; level < measurements.Length; level++)
+            {
+                measurements[level] = new Measurement<int>(queueDepthAt(level), levelTags[level]);
+            }
+
+            return measurements;
+        }, "{item}", "Items waiting in the queue, per priority level."));
+        Guard(() => _meter.CreateObservableGauge("batching.queue.estimated_wait", () => new Measurement<double>(estimatedWaitSeconds(), tags), "s",
+            "How long a new item of priority 0 would wait for its batch to start, estimated from the queue, the running batches and the fitted batch cost."));
         Guard(() => _meter.CreateObservableUpDownCounter("batching.batches.in_flight", () => new Measurement<int>(inFlightBatches(), tags), "{batch}", "Batches whose handler call is running."));
     }
 
@@ -127,7 +145,7 @@ internal sealed class ProcessorTelemetry : IDisposable
 
     /// <summary>Starts the batch's activity, linked to the activities its callers were in, or returns null when nobody
     /// listens. Must run where <see cref="Activity.Current"/> is null (the handler's clean context), so the activity is a root.</summary>
-    public Activity? StartBatchActivity<TIn, TOut>(Internal.Request<TIn, TOut>[] items, int count)
+    public Activity? StartBatchActivity<TIn, TOut>(Internal.Request<TIn, TOut>[] parts, int partCount, int count)
     {
         if (!Source.HasListeners())
         {
@@ -138,11 +156,11 @@ internal sealed class ProcessorTelemetry : IDisposable
         {
             Debug.Assert(Activity.Current is null);
             List<ActivityLink>? links = null;
-            for (int i = 0; i < count; i++)
+            for (int i = 0; i < partCount; i++)
             {
-                if (items[i].CallerActivity != default)
+                if (parts[i].CallerActivity != default)
                 {
-                    (links ??= []).Add(new ActivityLink(items[i].CallerActivity));
+                    (links ??= []).Add(new ActivityLink(parts[i].CallerActivity));
                 }
             }
 
@@ -215,6 +233,7 @@ internal static class Outcomes
     public const string Failed = "failed";
     public const string Cancelled = "cancelled";
     public const string Rejected = "rejected";
+    public const string Expired = "expired";
     public const string Success = "success";
     public const string Failure = "failure";
     public const string Timeout = "timeout";

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using Batching.Diagnostics;
+using Batching.Internal.Admission;
 using Batching.Internal.Execution;
 using Batching.Internal.Timing;
 
@@ -49,10 +50,19 @@ internal sealed partial class BatchEngine<TIn, TOut>
         while (more)
         {
             Batch<TIn, TOut>? batch;
+            List<Removal<TIn, TOut>>? expired = null;
             lock (_lock)
             {
-                batch = NextBatchLocked(out more);
+                batch = NextBatchLocked(out more, ref expired);
                 AssertInvariants();
+            }
+
+            if (expired is not null)
+            {
+                foreach (Removal<TIn, TOut> removal in expired)
+                {
+                    FailItems(removal, Expired(removal.Request), Outcomes.Expired);
+                }
             }
 
             if (batch is null)
@@ -73,7 +83,7 @@ internal sealed partial class BatchEngine<TIn, TOut>
 
     /// <summary>Starts the next batch, or records what should wake the dispatcher and returns null. <paramref name="more"/>
     /// is false when the dispatcher went to sleep in this same lock body (the batch just started took the last slot).</summary>
-    private Batch<TIn, TOut>? NextBatchLocked(out bool more)
+    private Batch<TIn, TOut>? NextBatchLocked(out bool more, ref List<Removal<TIn, TOut>>? expired)
     {
         Debug.Assert(_lock.IsHeldByCurrentThread);
         more = false;
@@ -83,6 +93,7 @@ internal sealed partial class BatchEngine<TIn, TOut>
         }
 
         long now = _time.GetTimestamp();
+        _queue.ExpireLocked(now, ref expired);
         if (_queue.QueuedItems == 0 && _state == ProcessorState.Draining && _running.Count == 0)
         {
             StopLocked();
@@ -91,8 +102,8 @@ internal sealed partial class BatchEngine<TIn, TOut>
 
         if (SlotsOccupiedLocked() >= _maxConcurrentBatches)
         {
-            // Arrivals need not wake us: a finishing batch or burst does.
-            _wakeUp.SleepLocked(wakeWhenQueued: int.MaxValue, Timestamps.Never);
+            // Arrivals need not wake us: a finishing batch or burst does (or a queued item's deadline).
+            _wakeUp.SleepLocked(wakeWhenQueued: int.MaxValue, _queue.NextDeadlineLocked());
             return null;
         }
 
@@ -109,13 +120,13 @@ internal sealed partial class BatchEngine<TIn, TOut>
             more = SlotsOccupiedLocked() < _maxConcurrentBatches;
             if (!more)
             {
-                _wakeUp.SleepLocked(wakeWhenQueued: int.MaxValue, Timestamps.Never);
+                _wakeUp.SleepLocked(wakeWhenQueued: int.MaxValue, _queue.NextDeadlineLocked());
             }
 
             return batch;
         }
 
-        _wakeUp.SleepLocked(wakeWhenQueued, due);
+        _wakeUp.SleepLocked(wakeWhenQueued, Math.Min(due, _queue.NextDeadlineLocked()));
         return null;
     }
 
@@ -223,8 +234,9 @@ internal sealed partial class BatchEngine<TIn, TOut>
     private Batch<TIn, TOut> StartBatchLocked(int count, long now)
     {
         Debug.Assert(_lock.IsHeldByCurrentThread && count >= 1 && count <= _queue.QueuedItems && count <= _maxBatchSize);
+        // Fewer than count when the weight budget ends the batch first.
         Batch<TIn, TOut> batch = _idleBatches.TryDequeue(out Batch<TIn, TOut>? idle) ? idle : new Batch<TIn, TOut>(_context, this);
-        batch.StartLocked(_queue, count, now);
+        batch.StartLocked(_queue, count, _itemWeight is not null, _maxBatchWeight, now);
         _running.Add(batch);
         Interlocked.Increment(ref _batchesInTransit);
         _queue.AdmitWaitingLocked();

@@ -1,4 +1,5 @@
 using Batching.Diagnostics;
+using Batching.Internal.Admission;
 using Batching.Internal.Execution;
 using Batching.Internal.Timing;
 
@@ -81,7 +82,7 @@ internal sealed partial class BatchEngine<TIn, TOut>
     /// </summary>
     private async Task DrainAsync()
     {
-        List<Request<TIn, TOut>> notAdmitted = [];
+        List<Removal<TIn, TOut>> notAdmitted = [];
         long started = _time.GetTimestamp();
         int queued, inFlight;
         lock (_lock)
@@ -98,11 +99,9 @@ internal sealed partial class BatchEngine<TIn, TOut>
         }
 
         Log.Draining(Logger, DisplayName, queued, inFlight, _shutdownTimeout);
-        Telemetry.RequestsFinished(Outcomes.Rejected, notAdmitted.Count);
-        foreach (Request<TIn, TOut> request in notAdmitted)
+        foreach (Removal<TIn, TOut> removal in notAdmitted)
         {
-            request.SetException(new ObjectDisposedException(DisplayName, "The batch processor was disposed while this item waited for queue space; it was never queued."), inline: false);
-            request.ReleaseEngineReference();
+            FailItems(removal, new ObjectDisposedException(DisplayName, "The batch processor was disposed while this item waited for queue space; it was never queued."), Outcomes.Rejected);
         }
 
         _wakeUp.Signal();
@@ -146,8 +145,8 @@ internal sealed partial class BatchEngine<TIn, TOut>
     /// <summary>Fails every queued item and abandons every running batch; the processor ends in <paramref name="final"/>.</summary>
     private void Abort(string reason, ProcessorState final, string? fault = null)
     {
-        List<Request<TIn, TOut>> queued = [];
-        List<Request<TIn, TOut>> inBatches = [];
+        List<Removal<TIn, TOut>> queued = [];
+        List<Removal<TIn, TOut>> inBatches = [];
         List<CancellationTokenSource> toCancel = [];
         lock (_lock)
         {
@@ -174,17 +173,15 @@ internal sealed partial class BatchEngine<TIn, TOut>
         }
 
         _wakeUp.Signal();
-        Telemetry.RequestsFinished(Outcomes.Failed, queued.Count + inBatches.Count);
         Log.Aborted(Logger, DisplayName, queued.Count + inBatches.Count, reason);
-        foreach (Request<TIn, TOut> request in queued)
+        foreach (Removal<TIn, TOut> removal in queued)
         {
-            request.SetException(new ObjectDisposedException(DisplayName, reason), inline: false);
-            request.ReleaseEngineReference();
+            FailItems(removal, new ObjectDisposedException(DisplayName, reason), Outcomes.Failed);
         }
 
-        foreach (Request<TIn, TOut> request in inBatches)
+        foreach (Removal<TIn, TOut> removal in inBatches)
         {
-            request.SetException(new ObjectDisposedException(DisplayName, reason), inline: false); // their batches hold the reference
+            FailItems(removal, new ObjectDisposedException(DisplayName, reason), Outcomes.Failed); // their batches hold the reference
         }
 
         foreach (CancellationTokenSource cts in toCancel)

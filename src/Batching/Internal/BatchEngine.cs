@@ -1,3 +1,4 @@
+using System.Buffers;
 using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Diagnostics.Metrics;
@@ -7,6 +8,7 @@ using Batching.Internal.Admission;
 using Batching.Internal.Dispatch;
 using Batching.Internal.Execution;
 using Batching.Internal.Timing;
+using Batching.Policies;
 using Microsoft.Extensions.Diagnostics.HealthChecks;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Logging.Abstractions;
@@ -62,6 +64,9 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
     private readonly int _maxConcurrentBatches;
     private readonly bool _inlineWhenIdle;
     private readonly TimeSpan _shutdownTimeout;
+    private readonly Func<TIn, int>? _itemWeight;
+    private readonly int _maxBatchWeight;
+    private readonly BatchCostModel _costModel = new(64); // for GetLoad's estimate, whatever the policy
 
     private ProcessorState _state;
     private string? _faultReason;
@@ -80,10 +85,13 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
         _maxConcurrentBatches = options.MaxConcurrentBatches;
         _inlineWhenIdle = options.InlineWhenIdle;
         _shutdownTimeout = options.ShutdownTimeout;
-        _queue = new AdmissionQueue<TIn, TOut>(options.QueueCapacity, options.QueueFullMode == QueueFullMode.Reject);
+        _itemWeight = options.ResolveItemWeight<TIn>();
+        _maxBatchWeight = options.MaxBatchWeight;
+        _queue = new AdmissionQueue<TIn, TOut>(options.QueueCapacity, options.QueueFullMode == QueueFullMode.Reject, options.ResolvePriorityWeights());
         _lock = _queue.Sync;
         Logger = new GuardedLogger(CreateLogger(loggerFactory));
-        Telemetry = new ProcessorTelemetry(DisplayName, _policy.Name, meterFactory, Logger, () => _queue.QueuedItems, () => InFlightBatches);
+        Telemetry = new ProcessorTelemetry(DisplayName, _policy.Name, meterFactory, Logger, _queue.Lanes, _queue.QueuedItemsIn, () => InFlightBatches,
+            () => GetLoad().EstimatedWait.TotalSeconds);
         _context = new BatchContext<TIn, TOut>(this, handler, _time, Telemetry, Logger, DisplayName,
             options.ExecutionTimeout, options.PoisonIsolationDepth, options.OutputCheck);
         _wakeUp = new DispatchWakeUp(_time, RunDispatcher);
@@ -120,14 +128,14 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
     /// <summary>Items waiting in the queue (not those waiting for space, nor those in running batches).</summary>
     public int QueuedItems => _queue.QueuedItems;
 
-    /// <summary>Callers waiting for queue space.</summary>
+    /// <summary>Items of callers waiting for queue space.</summary>
     public int WaitingForSpace
     {
         get
         {
             lock (_lock)
             {
-                return _queue.WaitingForSpace;
+                return _queue.WaitingItems;
             }
         }
     }
@@ -160,24 +168,37 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
         }
     }
 
-    public ValueTask<TOut> ProcessAsync(TIn input, CancellationToken cancellationToken = default)
-    {
-        if (cancellationToken.IsCancellationRequested)
-        {
-            Telemetry.RequestsFinished(Outcomes.Cancelled, 1);
-            return ValueTask.FromCanceled<TOut>(cancellationToken);
-        }
+    public ValueTask<TOut> ProcessAsync(TIn input, CancellationToken cancellationToken = default) =>
+        Submit(input, 0, Timeout.InfiniteTimeSpan, cancellationToken);
 
-        if (HandlerScope.Refuses(this))
+    public ValueTask<TOut> ProcessAsync(TIn input, RequestOptions options, CancellationToken cancellationToken = default)
+    {
+        if (InvalidOptions(options) is { } invalid)
         {
             Telemetry.RequestsFinished(Outcomes.Rejected, 1);
-            return ValueTask.FromException<TOut>(new InvalidOperationException(
-                $"ProcessAsync of '{DisplayName}' was called from inside that processor's own batch handler (or from work the handler started while its batch runs). " +
-                "Such a call would wait for a batch slot that the calling handler holds, so it is refused. Compute the item directly, or use another processor."));
+            return ValueTask.FromException<TOut>(invalid);
+        }
+
+        return Submit(input, options.Priority, options.Timeout, cancellationToken);
+    }
+
+    private ValueTask<TOut> Submit(TIn input, int lane, TimeSpan timeout, CancellationToken cancellationToken)
+    {
+        if (EarlyRefusal(cancellationToken, timeout) is { } refusal)
+        {
+            return refusal is OperationCanceledException ? ValueTask.FromCanceled<TOut>(cancellationToken) : ValueTask.FromException<TOut>(refusal);
+        }
+
+        int weight = 0;
+        if (_itemWeight is not null && Weigh(input, nameof(input), out weight) is { } badWeight)
+        {
+            Telemetry.RequestsFinished(Outcomes.Rejected, 1);
+            return ValueTask.FromException<TOut>(badWeight);
         }
 
         // A caller resumed inline by one of this processor's batches calls again at once: it shares the resume loop's reading.
         long now = ResumeClock.TryGet(this, out long cached) ? cached : _time.GetTimestamp();
+        long deadline = timeout == Timeout.InfiniteTimeSpan ? Timestamps.Never : Timestamps.Add(now, timeout, _time.TimestampFrequency);
         ActivityContext callerActivity = ProcessorTelemetry.Source.HasListeners() && Activity.Current is { } caller ? caller.Context : default;
         Request<TIn, TOut>? request = null;
         ValueTask<TOut> result = default;
@@ -191,13 +212,18 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
             if (state == ProcessorState.Running)
             {
                 request = _requestPool.RentLocked() ?? new Request<TIn, TOut>(this);
-                result = request.Prepare(input, now, cancellationToken);
+                result = request.Prepare(input, now, cancellationToken, lane, deadline, weight);
                 request.CallerActivity = callerActivity;
                 admission = _queue.AdmitLocked(request);
                 if (admission == AdmissionResult.Queued)
                 {
                     inline = TryStartInlineLocked(now, out wake);
                     wake |= inline is null && _wakeUp.ArrivalWakesLocked(_queue.QueuedItems);
+                }
+
+                if (deadline != Timestamps.Never && admission != AdmissionResult.Rejected)
+                {
+                    _wakeUp.WakeNoLaterThan(deadline); // to expire it even while every slot is busy
                 }
             }
 
@@ -231,23 +257,192 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
         return result;
     }
 
+    public ValueTask ProcessManyAsync(ReadOnlyMemory<TIn> inputs, Memory<TOut> outputs, RequestOptions options = default, CancellationToken cancellationToken = default)
+    {
+        Exception? invalid = inputs.Length != outputs.Length
+            ? new ArgumentException($"outputs has {outputs.Length} element(s) and inputs {inputs.Length}; they must be equally long (outputs[i] receives the output for inputs[i]). Nothing was queued.", nameof(outputs))
+            : InvalidOptions(options);
+        if (invalid is not null)
+        {
+            Telemetry.RequestsFinished(Outcomes.Rejected, 1);
+            return ValueTask.FromException(invalid);
+        }
+
+        if (inputs.IsEmpty)
+        {
+            return cancellationToken.IsCancellationRequested ? ValueTask.FromCanceled(cancellationToken) : ValueTask.CompletedTask;
+        }
+
+        if (EarlyRefusal(cancellationToken, options.Timeout) is { } refusal)
+        {
+            return refusal is OperationCanceledException ? ValueTask.FromCanceled(cancellationToken) : ValueTask.FromException(refusal);
+        }
+
+        int[]? weights = null;
+        if (_itemWeight is not null && WeighAll(inputs.Span, out weights) is { } badWeight)
+        {
+            Telemetry.RequestsFinished(Outcomes.Rejected, 1);
+            return ValueTask.FromException(badWeight);
+        }
+
+        long now = ResumeClock.TryGet(this, out long cached) ? cached : _time.GetTimestamp();
+        long deadline = options.Timeout == Timeout.InfiniteTimeSpan ? Timestamps.Never : Timestamps.Add(now, options.Timeout, _time.TimestampFrequency);
+        ActivityContext callerActivity = ProcessorTelemetry.Source.HasListeners() && Activity.Current is { } caller ? caller.Context : default;
+        Request<TIn, TOut>? request = null;
+        ValueTask result = default;
+        AdmissionResult admission = AdmissionResult.Rejected;
+        ProcessorState state;
+        bool wake = false;
+        lock (_lock)
+        {
+            state = _state;
+            if (state == ProcessorState.Running)
+            {
+                request = _requestPool.RentLocked() ?? new Request<TIn, TOut>(this);
+                result = request.PrepareMany(inputs, outputs, weights, now, cancellationToken, options.Priority, deadline);
+                request.CallerActivity = callerActivity;
+                admission = _queue.AdmitLocked(request);
+                wake = admission == AdmissionResult.Queued && _wakeUp.ArrivalWakesLocked(_queue.QueuedItems);
+                if (deadline != Timestamps.Never && admission != AdmissionResult.Rejected)
+                {
+                    _wakeUp.WakeNoLaterThan(deadline);
+                }
+            }
+
+            AssertInvariants();
+        }
+
+        if (state != ProcessorState.Running || admission == AdmissionResult.Rejected)
+        {
+            if (request is not null)
+            {
+                request.ReleaseUnissued(); // returns the weights
+            }
+            else if (weights is not null)
+            {
+                ArrayPool<int>.Shared.Return(weights);
+            }
+
+            Telemetry.RequestsFinished(Outcomes.Rejected, 1);
+            return ValueTask.FromException(state != ProcessorState.Running ? Refusal(state) : new BatchQueueFullException(
+                $"The batching queue{(string.IsNullOrEmpty(Options.Name) ? "" : $" '{Options.Name}'")} has no room for the {inputs.Length} items of this call " +
+                $"({_queue.Capacity} items, QueueCapacity) and QueueFullMode is Reject; none of them was queued."));
+        }
+
+        if (wake)
+        {
+            _wakeUp.Signal();
+        }
+
+        request!.RegisterCancellation();
+        return result;
+    }
+
+    /// <summary>What fails a call before it is weighed or queued: a cancelled token, a call from inside this processor's
+    /// handler, a zero queue timeout. Counts it.</summary>
+    private Exception? EarlyRefusal(CancellationToken cancellationToken, TimeSpan timeout)
+    {
+        if (cancellationToken.IsCancellationRequested)
+        {
+            Telemetry.RequestsFinished(Outcomes.Cancelled, 1);
+            return new OperationCanceledException(cancellationToken);
+        }
+
+        if (HandlerScope.Refuses(this))
+        {
+            Telemetry.RequestsFinished(Outcomes.Rejected, 1);
+            return new InvalidOperationException(
+                $"ProcessAsync of '{DisplayName}' was called from inside that processor's own batch handler (or from work the handler started while its batch runs). " +
+                "Such a call would wait for a batch slot that the calling handler holds, so it is refused. Compute the item directly, or use another processor.");
+        }
+
+        if (timeout == TimeSpan.Zero)
+        {
+            Telemetry.RequestsFinished(Outcomes.Expired, 1);
+            return new TimeoutException($"RequestOptions.Timeout is zero: the call to '{DisplayName}' expired before it could be queued.");
+        }
+
+        return null;
+    }
+
+    private ArgumentException? InvalidOptions(in RequestOptions options)
+    {
+        if ((uint)options.Priority >= (uint)_queue.Lanes)
+        {
+            return new ArgumentOutOfRangeException(nameof(options), options.Priority,
+                $"RequestOptions.Priority must be between 0 and {_queue.Lanes - 1} (BatchingOptions.PriorityLevels of '{DisplayName}' is {_queue.Lanes}); it was {options.Priority}. Nothing was queued.");
+        }
+
+        if (options.Timeout < TimeSpan.Zero && options.Timeout != Timeout.InfiniteTimeSpan)
+        {
+            return new ArgumentOutOfRangeException(nameof(options), options.Timeout,
+                $"RequestOptions.Timeout must be zero or more, or Timeout.InfiniteTimeSpan; it was {options.Timeout}. Nothing was queued.");
+        }
+
+        return null;
+    }
+
+    /// <summary>Calls ItemWeight (user code, on the caller's thread, outside every lock) and checks its answer.</summary>
+    private ArgumentException? Weigh(TIn input, string argument, out int weight)
+    {
+        try
+        {
+            weight = _itemWeight!(input);
+        }
+        catch (Exception ex)
+        {
+            weight = 0;
+            return new ArgumentException($"BatchingOptions.ItemWeight threw {ex.GetType().Name} for {argument}: {ex.Message}. Nothing was queued.", argument, ex);
+        }
+
+        if (weight < 0)
+        {
+            return new ArgumentException($"BatchingOptions.ItemWeight returned {weight} for {argument}; a weight must be 0 or more. Nothing was queued.", argument);
+        }
+
+        if (weight > _maxBatchWeight)
+        {
+            return new ArgumentException($"{argument} weighs {weight}, more than BatchingOptions.MaxBatchWeight ({_maxBatchWeight}) of '{DisplayName}': it can never fit in a batch. Nothing was queued.", argument);
+        }
+
+        return null;
+    }
+
+    private ArgumentException? WeighAll(ReadOnlySpan<TIn> inputs, out int[]? weights)
+    {
+        int[] rented = ArrayPool<int>.Shared.Rent(inputs.Length);
+        for (int i = 0; i < inputs.Length; i++)
+        {
+            if (Weigh(inputs[i], $"inputs[{i}]", out rented[i]) is { } bad)
+            {
+                ArrayPool<int>.Shared.Return(rented);
+                weights = null;
+                return bad;
+            }
+        }
+
+        weights = rented;
+        return null;
+    }
+
     private ObjectDisposedException Refusal(ProcessorState state) => state == ProcessorState.Faulted
         ? new ObjectDisposedException(DisplayName, $"The batch processor stopped after its dispatcher failed ({_faultReason}); it accepts no new items.")
         : new ObjectDisposedException(DisplayName, "The batch processor has been disposed; it accepts no new items.");
 
     void IRequestOwner<TIn, TOut>.OnCanceled(Request<TIn, TOut> request)
     {
-        bool removed, claimed = false, wake = false;
+        Removal<TIn, TOut>? removal;
+        bool claimed = false, wake = false;
         CancellationTokenSource? cts = null;
         lock (_lock)
         {
-            removed = _queue.TryRemoveLocked(request);
-            if (removed)
+            removal = _queue.TryRemoveLocked(request);
+            if (removal is not null)
             {
                 // Callers waiting for space may have taken its place.
                 wake = _queue.QueuedItems > 0 && _wakeUp.ArrivalWakesLocked(_queue.QueuedItems);
             }
-            else if (request.TryClaimFromBatch())
+            else if (!request.IsMulti && request.TryClaimFromBatch())
             {
                 // Its batch is running: release the caller now and let the batch drop the output. The batch still holds
                 // its reference, so Batch and BatchGeneration stay valid here.
@@ -258,13 +453,27 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
             AssertInvariants();
         }
 
-        if (removed || claimed)
+        bool release;
+        if (request.IsMulti)
+        {
+            // Its parts in running batches finish without it: they find the call finished and leave its buffer alone.
+            lock (request.PartSync)
+            {
+                release = request.TryFinishNowLocked();
+            }
+        }
+        else
+        {
+            release = removal is not null || claimed;
+        }
+
+        if (release)
         {
             Telemetry.RequestsFinished(Outcomes.Cancelled, 1);
             request.SetException(new OperationCanceledException(request.CancellationToken), inline: false);
         }
 
-        if (removed)
+        if (removal is { Unlinked: true })
         {
             request.ReleaseEngineReference();
         }
@@ -275,6 +484,45 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
             _wakeUp.Signal();
         }
     }
+
+    /// <summary>Fails items that will not run (expired, timed out, shut down), outside the lock: a single-item caller at
+    /// once, a multi-item call's items into its outcome (completing the call if they were its last). Releases the queue's
+    /// reference when the request left its lane.</summary>
+    private void FailItems(Removal<TIn, TOut> removal, Exception error, string outcome)
+    {
+        Request<TIn, TOut> request = removal.Request;
+        if (!request.IsMulti)
+        {
+            Telemetry.RequestsFinished(outcome, 1);
+            request.SetException(error, inline: false);
+        }
+        else
+        {
+            bool last = false;
+            lock (request.PartSync)
+            {
+                if (!request.IsFinishedLocked)
+                {
+                    request.AddFailureLocked(removal.Start, removal.Count, error);
+                    last = request.EndItemsLocked(removal.Count);
+                }
+            }
+
+            if (last)
+            {
+                Telemetry.RequestsFinished(request.CompleteCall(DisplayName, inline: false), 1);
+            }
+        }
+
+        if (removal.Unlinked)
+        {
+            request.ReleaseEngineReference();
+        }
+    }
+
+    private TimeoutException Expired(Request<TIn, TOut> request) =>
+        new($"The item(s) waited {_time.GetElapsedTime(request.ArrivalTimestamp, request.Deadline)} in the queue of '{DisplayName}' (RequestOptions.Timeout) " +
+            "without being dispatched; they were removed and never reached the handler.");
 
     void IRequestOwner<TIn, TOut>.Return(Request<TIn, TOut> request) => _requestPool.Return(request);
 
@@ -291,6 +539,11 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
                 // (or runs it on this thread); signalling it now would only cost it a useless run.
                 batch.CompleteLocked();
                 Interlocked.Increment(ref _openResumeBursts);
+            }
+
+            if (succeeded)
+            {
+                _costModel.Add(batch.Count, duration);
             }
 
             try
@@ -318,7 +571,7 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
         {
             bool timedOut, wake = false;
             int count = 0;
-            List<Request<TIn, TOut>>? claimed = null;
+            List<Removal<TIn, TOut>>? claimed = null;
             CancellationTokenSource? cts = null;
             lock (_lock)
             {
@@ -341,10 +594,9 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
                 return;
             }
 
-            Telemetry.RequestsFinished(Outcomes.Failed, claimed!.Count);
-            foreach (Request<TIn, TOut> request in claimed)
+            foreach (Removal<TIn, TOut> part in claimed!)
             {
-                request.SetException(_context.TimeoutFailure(count), inline: false);
+                FailItems(part, _context.TimeoutFailure(count), Outcomes.Failed);
             }
 
             Log.BatchTimedOut(Logger, DisplayName, count, Options.ExecutionTimeout);
@@ -411,26 +663,28 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
     }
 
     /// <summary>Healthy while serving; Degraded when the queue is 90% full or callers wait for space; Unhealthy once
-    /// disposed or after the dispatcher failed.</summary>
+    /// disposed or after the dispatcher failed. The data carry the load (as <see cref="GetLoad"/>).</summary>
     public HealthCheckResult CheckHealth()
     {
-        int queued, waiting, inFlight;
-        ProcessorState state;
-        lock (_lock)
+        ProcessorState state = State;
+        ProcessorLoad load = GetLoad();
+        int queued = load.QueuedItems, waiting = load.WaitingItems;
+        var byLevel = new int[load.PriorityLevels];
+        for (int level = 0; level < byLevel.Length; level++)
         {
-            queued = _queue.QueuedItems;
-            waiting = _queue.WaitingForSpace;
-            inFlight = _running.Count;
-            state = _state;
+            byLevel[level] = load.GetQueuedItems(level);
         }
 
         var data = new Dictionary<string, object>
         {
             ["state"] = state.ToString(),
             ["queued"] = queued,
+            ["queued_by_priority"] = byLevel,
             ["waiting_for_space"] = waiting,
-            ["in_flight_batches"] = inFlight,
-            ["queue_capacity"] = _queue.Capacity,
+            ["in_flight_batches"] = load.BatchesInFlight,
+            ["slots"] = load.Slots,
+            ["queue_capacity"] = load.QueueCapacity,
+            ["estimated_wait_ms"] = load.EstimatedWait.TotalMilliseconds,
         };
         switch (state)
         {
@@ -445,7 +699,81 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
             return HealthCheckResult.Degraded($"'{DisplayName}' queue is near capacity ({queued}/{_queue.Capacity} queued, {waiting} waiting for space).", data: data);
         }
 
-        return HealthCheckResult.Healthy($"'{DisplayName}': {queued} queued, {inFlight} batch(es) running.", data);
+        return HealthCheckResult.Healthy($"'{DisplayName}': {queued} queued, {load.BatchesInFlight} batch(es) running.", data);
+    }
+
+    public ProcessorLoad GetLoad()
+    {
+        int lanes = _queue.Lanes;
+        Span<int> ahead = stackalloc int[ProcessorLoad.MaxPriorityLevels];
+        Span<int> queued = stackalloc int[ProcessorLoad.MaxPriorityLevels];
+        Span<TimeSpan> waits = stackalloc TimeSpan[ProcessorLoad.MaxPriorityLevels];
+        int waiting, inFlight, occupied;
+        double residual = double.MaxValue, fixedSeconds, perItemSeconds;
+        bool modelled, accepting;
+        lock (_lock)
+        {
+            for (int lane = 0; lane < lanes; lane++)
+            {
+                queued[lane] = _queue.QueuedItemsIn(lane);
+                ahead[lane] = queued[lane] + _queue.WaitingItemsIn(lane);
+            }
+
+            waiting = _queue.WaitingItems;
+            inFlight = _running.Count;
+            occupied = SlotsOccupiedLocked();
+            accepting = _state == ProcessorState.Running;
+            modelled = _costModel.Count > 0;
+            fixedSeconds = _costModel.FixedSeconds;
+            perItemSeconds = _costModel.PerItemSeconds;
+            if (modelled)
+            {
+                long now = _time.GetTimestamp();
+                foreach (Batch<TIn, TOut> batch in _running)
+                {
+                    double left = fixedSeconds + perItemSeconds * batch.Count - _time.GetElapsedTime(batch.StartTimestamp, now).TotalSeconds;
+                    residual = Math.Min(residual, Math.Max(0, left));
+                }
+            }
+        }
+
+        for (int lane = 0; lane < lanes; lane++)
+        {
+            waits[lane] = modelled ? EstimateWait(ahead, lanes, lane, occupied, residual, fixedSeconds + perItemSeconds * _maxBatchSize) : TimeSpan.Zero;
+        }
+
+        return new ProcessorLoad(lanes, queued, waits, waiting, inFlight, _maxConcurrentBatches, _queue.Capacity, accepting);
+    }
+
+    /// <summary>
+    /// The wait of a new item of <paramref name="lane"/> until its batch starts. Ahead of it: its lane's items, and of
+    /// every other lane what the fair share dispatches meanwhile (up to that lane's backlog). Those items fill
+    /// <c>k = ahead / MaxBatchSize</c> batches before its own; with <c>F</c> slots free, the first F of them start at
+    /// once, and each later one waits for a slot: the soonest running batch to finish (its predicted cost less its
+    /// age), then one full batch's predicted cost per slot for each batch more.
+    /// </summary>
+    private TimeSpan EstimateWait(ReadOnlySpan<int> ahead, int lanes, int lane, int occupied, double residual, double fullBatchSeconds)
+    {
+        long own = ahead[lane], items = own;
+        int weight = _queue.WeightOf(lane);
+        for (int other = 0; other < lanes; other++)
+        {
+            if (other != lane)
+            {
+                items += Math.Min(ahead[other], (own + 1) * _queue.WeightOf(other) / weight + _queue.WeightOf(other));
+            }
+        }
+
+        long batchesAhead = items / _maxBatchSize;
+        int free = Math.Max(0, _maxConcurrentBatches - occupied);
+        if (batchesAhead < free)
+        {
+            return TimeSpan.Zero;
+        }
+
+        double first = residual == double.MaxValue ? fullBatchSeconds : residual;
+        double seconds = first + (batchesAhead - free) * fullBatchSeconds / _maxConcurrentBatches;
+        return TimeSpan.FromSeconds(Math.Min(seconds, TimeSpan.MaxValue.TotalSeconds / 2));
     }
 
     [Conditional("DEBUG")]
@@ -459,7 +787,7 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
         }
 
         Debug.Assert(_state != ProcessorState.Stopped || (_running.Count == 0 && _queue.QueuedItems == 0), "stopped with work left");
-        Debug.Assert(_state == ProcessorState.Running || _queue.WaitingForSpace == 0, "callers wait for space after intake closed");
+        Debug.Assert(_state == ProcessorState.Running || _queue.WaitingItems == 0, "callers wait for space after intake closed");
         Debug.Assert(Volatile.Read(ref _openResumeBursts) >= 0);
     }
 }

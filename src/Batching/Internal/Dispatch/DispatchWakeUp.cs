@@ -112,5 +112,9 @@ internal sealed class DispatchWakeUp : IThreadPoolWorkItem, IDisposable
         _timer.ArmNoLaterThan(dueTimestamp); // a pending timer that fires sooner wakes us early, and we decide again
     }
 
+    /// <summary>Makes the dispatcher run at <paramref name="dueTimestamp"/> or sooner whatever it sleeps on (a queued
+    /// item's deadline, which must be honoured even while every slot is busy).</summary>
+    public void WakeNoLaterThan(long dueTimestamp) => _timer.ArmNoLaterThan(dueTimestamp);
+
     public void Dispose() => _timer.Dispose();
 }

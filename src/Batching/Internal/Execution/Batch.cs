@@ -53,10 +53,21 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
 
     private int _state;
     private int _generation;
-    private Request<TIn, TOut>[] _items = [];
+    // The parts: request, first slot in the batch, first index within the request's items (0 for a single item). A
+    // part's length runs to the next part's first slot.
+    private Request<TIn, TOut>[] _parts = [];
+    private int[] _partSlots = [];
+    private int[] _partStarts = [];
+    private int _partCount;
     private TIn[] _inputs = [];
     private TOut[] _outputs = [];
     private int _count;
+
+    // Poison isolation's verdict per slot: the handler failure of the smallest rerun that held the slot and failed, and
+    // that rerun's size; null where the slot's output stands. Only once isolation ran (_isolated).
+    private Exception?[] _slotErrors = [];
+    private int[] _slotErrorSizes = [];
+    private bool _isolated;
     private int _live;
     private long _startTimestamp;
     private long _returnedTimestamp;
@@ -97,26 +108,49 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
 
     public int Count => _count;
 
-    /// <summary>Start: takes <paramref name="count"/> requests from the head of <paramref name="queue"/> into this batch.</summary>
-    public void StartLocked(AdmissionQueue<TIn, TOut> queue, int count, long now)
+    /// <summary>When the current use started; read under the processor's lock while the batch is running.</summary>
+    public long StartTimestamp => _startTimestamp;
+
+    /// <summary>Start: takes up to <paramref name="count"/> items from <paramref name="queue"/> by its fair share (whole
+    /// single-item requests, and parts of multi-item ones), within <paramref name="maxWeight"/> when
+    /// <paramref name="weighted"/>. The inputs are copied here, under the lock: a multi-item caller may be released (it
+    /// cancelled) at any moment after it, and its buffer must not be read after that.</summary>
+    public void StartLocked(AdmissionQueue<TIn, TOut> queue, int count, bool weighted, long maxWeight, long now)
     {
         Debug.Assert(queue.Sync.IsHeldByCurrentThread && State == BatchState.Idle && count >= 1);
         EnsureCapacity(count);
         int generation = _generation;
-        for (int i = 0; i < count; i++)
+        int slot = 0, parts = 0, blocked = 0;
+        long weightLeft = maxWeight;
+        while (slot < count && queue.TryTakePartLocked(count - slot, weighted, ref weightLeft, ref blocked, out Request<TIn, TOut> request, out int start, out int length))
         {
-            Request<TIn, TOut> request = queue.DequeueLocked();
-            request.MoveTo(RequestState.InBatch);
-            request.Batch = this;
-            request.BatchGeneration = generation;
-            _items[i] = request;
-            _inputs[i] = request.Input;
+            _parts[parts] = request;
+            _partSlots[parts] = slot;
+            _partStarts[parts] = start;
+            parts++;
+            if (request.IsMulti)
+            {
+                request.Inputs.Span.Slice(start, length).CopyTo(_inputs.AsSpan(slot, length));
+            }
+            else
+            {
+                request.Batch = this;
+                request.BatchGeneration = generation;
+                _inputs[slot] = request.Input;
+            }
+
+            slot += length;
         }
+
+        Debug.Assert(slot >= 1, "a batch was started with nothing to take");
+        count = slot;
+        _partCount = parts;
+        _isolated = false;
 
         // A handler that has gone asynchronous may call back from a continuation: give this use a marker of its own.
         _handlerContext = _context.Shape.CompletesAsynchronously ? HandlerScope.ForUse(_processor, _isRunning, generation) : CleanContext.Instance;
         _count = count;
-        _live = count;
+        _live = parts;
         _startTimestamp = now;
         _handlerError = null;
         _nextToResume = 0;
@@ -235,15 +269,15 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
         telemetry.BatchStarted(_count);
         if (telemetry.QueueWaitEnabled)
         {
-            for (int i = 0; i < _count; i++)
+            for (int j = 0; j < _partCount; j++)
             {
-                telemetry.QueueWait(_context.Time.GetElapsedTime(_items[i].ArrivalTimestamp, _startTimestamp));
+                telemetry.QueueWait(_context.Time.GetElapsedTime(_parts[j].ArrivalTimestamp, _startTimestamp));
             }
         }
 
         // In the handler's clean context Activity.Current is null, so the batch's activity is a root: never a child of
         // the previous batch or of whoever built the processor. It links to its callers' activities instead.
-        _activity = telemetry.StartBatchActivity(_items, _count);
+        _activity = telemetry.StartBatchActivity(_parts, _partCount, _count);
     }
 
     private void ObservePendingHandler()
@@ -366,18 +400,23 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
     {
         // Claim every caller first, so the outcome counts are recorded before any caller can observe its result, and a
         // caller cancelled from now on is simply too late.
-        int count = _count, completed = 0, failed = 0;
-        Exception? error = _handlerError;
-        for (int i = 0; i < count; i++)
+        int parts = _partCount, completed = 0, failed = 0;
+        for (int j = 0; j < parts; j++)
         {
-            Request<TIn, TOut> request = _items[i];
+            Request<TIn, TOut> request = _parts[j];
+            if (request.IsMulti)
+            {
+                continue; // counted once, when its call completes
+            }
+
+            int slot = _partSlots[j];
             if (!request.TryClaimFromBatch())
             {
                 // Completed already (cancelled while the batch ran): nothing to resume, and nothing else refers to it.
                 request.ReleaseEngineReference();
-                _items[i] = null!;
+                _parts[j] = null!;
             }
-            else if (error is not null || _context.IsMissing(_outputs[i]))
+            else if (ErrorAt(slot, out _) is not null || _context.IsMissing(_outputs[slot]))
             {
                 failed++;
             }
@@ -397,8 +436,7 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
     /// helpers. The last resumer out retires the batch and, if it may, runs the dispatcher here for the next batch.</summary>
     internal Batch<TIn, TOut>? RunResumeLoop(bool mayContinue, long now)
     {
-        int count = _count;
-        Exception? error = _handlerError;
+        int count = _partCount;
         TimeProvider time = _context.Time;
         var clock = ResumeClock.Enter(_context.Owner, now);
         int resumed = 0;
@@ -410,7 +448,7 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
                 break;
             }
 
-            Request<TIn, TOut>? request = _items[i];
+            Request<TIn, TOut>? request = _parts[i];
             if (request is null)
             {
                 continue;
@@ -423,7 +461,14 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
 
             try
             {
-                Deliver(request, i, count, error, inline: true);
+                if (request.IsMulti)
+                {
+                    DeliverPart(i, inline: true);
+                }
+                else
+                {
+                    Deliver(request, _partSlots[i], inline: true);
+                }
             }
             catch (Exception ex)
             {
@@ -463,7 +508,7 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
         }
 
         // The dispatcher runs before the batch object goes back to the pool, so it never looks idle in between.
-        ClearBuffers(count, releaseRequests: false);
+        ClearBuffers(releaseRequests: false);
         Batch<TIn, TOut>? next = continueHere ? _context.Owner.TakeNextBatchHere() : null;
         _context.Owner.OnRetired(this);
         return next;
@@ -486,7 +531,7 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
                 return false; // finished
             }
 
-            bool allClaimed = Volatile.Read(ref _nextToResume) >= _count;
+            bool allClaimed = Volatile.Read(ref _nextToResume) >= _partCount;
             spawn = !allClaimed && _helpersWaiting == 0;
             if (spawn)
             {
@@ -510,7 +555,7 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
             ThreadPool.UnsafeQueueUserWorkItem(_watch, preferLocal: false);
         }
 
-        return Volatile.Read(ref _nextToResume) < _count;
+        return Volatile.Read(ref _nextToResume) < _partCount;
     }
 
     /// <summary>A helper queued by <see cref="CheckResumeProgress"/> got its thread.</summary>
@@ -538,7 +583,7 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
 
         // Their callers were failed by the timeout or the shutdown; the references are released only now, when no path
         // can touch the requests any more.
-        ClearBuffers(_count, releaseRequests: true);
+        ClearBuffers(releaseRequests: true);
         _context.Owner.OnRetired(this);
     }
 
@@ -558,17 +603,24 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
         _generation++;
     }
 
-    private void ClearBuffers(int count, bool releaseRequests)
+    private void ClearBuffers(bool releaseRequests)
     {
+        int count = _count;
         if (releaseRequests)
         {
-            for (int i = 0; i < count; i++)
+            for (int j = 0; j < _partCount; j++)
             {
-                _items[i].ReleaseEngineReference();
+                _parts[j].ReleaseEngineReference();
             }
         }
 
-        Array.Clear(_items, 0, count);
+        Array.Clear(_parts, 0, _partCount);
+        if (_isolated)
+        {
+            Array.Clear(_slotErrors, 0, count);
+            _isolated = false;
+        }
+
         if (RuntimeHelpers.IsReferenceOrContainsReferences<TIn>())
         {
             Array.Clear(_inputs, 0, count);
@@ -616,23 +668,29 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
 
     /// <summary>TimeOut (under the processor's lock, which also frees the slot): claims every caller nobody completed yet
     /// into <paramref name="claimed"/>, for the processor to fail once the lock is released.</summary>
-    public void TimeOutLocked(List<Request<TIn, TOut>> claimed, out CancellationTokenSource? cts) => GiveUpLocked(BatchState.TimedOut, claimed, out cts);
+    public void TimeOutLocked(List<Removal<TIn, TOut>> claimed, out CancellationTokenSource? cts) => GiveUpLocked(BatchState.TimedOut, claimed, out cts);
 
     /// <summary>Abandon (shutdown, under the processor's lock, which also frees the slot): as <see cref="TimeOutLocked"/>.</summary>
-    public void AbandonLocked(List<Request<TIn, TOut>> claimed, out CancellationTokenSource? cts) => GiveUpLocked(BatchState.Abandoned, claimed, out cts);
+    public void AbandonLocked(List<Removal<TIn, TOut>> claimed, out CancellationTokenSource? cts) => GiveUpLocked(BatchState.Abandoned, claimed, out cts);
 
-    private void GiveUpLocked(BatchState to, List<Request<TIn, TOut>> claimed, out CancellationTokenSource? cts)
+    private void GiveUpLocked(BatchState to, List<Removal<TIn, TOut>> claimed, out CancellationTokenSource? cts)
     {
         Debug.Assert(State == BatchState.Running);
         SetState(to);
-        for (int i = 0; i < _count; i++)
+        for (int j = 0; j < _partCount; j++)
         {
             // Claimed here, completed by the processor outside its lock: no continuation, and no captured context's
             // Post, may ever run under the lock. The batch keeps its reference until it retires, and a caller that has
-            // not been completed cannot consume, so each request stays valid until then either way.
-            if (_items[i].TryClaimFromBatch())
+            // not been completed cannot consume, so each request stays valid until then either way. A multi-item
+            // call's part needs no claim: the batch's state makes this the only path that records it.
+            Request<TIn, TOut> request = _parts[j];
+            if (request.IsMulti)
             {
-                claimed.Add(_items[i]);
+                claimed.Add(new Removal<TIn, TOut>(request, _partStarts[j], PartLength(j), Unlinked: false));
+            }
+            else if (request.TryClaimFromBatch())
+            {
+                claimed.Add(new Removal<TIn, TOut>(request, 0, 1, Unlinked: false));
             }
         }
 
@@ -670,20 +728,22 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
 
     /// <summary>
     /// Poison isolation: rerun the failed batch in halves, recursively, so that only the inputs that make the handler
-    /// fail fail their callers. The batch keeps its slot meanwhile. Off the hot path: it allocates.
+    /// fail fail their callers. The batch keeps its slot meanwhile. The verdict is recorded per slot and delivered by the
+    /// normal completion once isolation is over, so completion, timeout and shutdown stay exclusive by the batch's
+    /// state. Off the hot path: it allocates.
     /// </summary>
     private async Task IsolateThenFinishAsync(Exception firstError)
     {
+        PrepareSlotErrors();
         try
         {
             await IsolateAsync(0, _count, _context.PoisonIsolationDepth, firstError).ConfigureAwait(false);
         }
         catch (Exception ex)
         {
-            CompleteRange(0, _count, ex);
+            RecordFailure(0, _count, ex);
         }
 
-        // Its callers all have their results already; the dispatcher starts whatever comes next.
         _ = Finish(succeeded: false, mayContinue: false);
     }
 
@@ -693,15 +753,16 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
         {
             if (_cts.IsCancellationRequested)
             {
-                return; // Timed out, shut down or every caller cancelled: the callers are already released.
+                // Timed out, shut down or every caller cancelled: those paths release the callers.
+                RecordFailure(start, end, new OperationCanceledException(_cts.Token));
+                return;
             }
 
             Array.Clear(_outputs, start, end - start);
             try
             {
                 await InvokeRangeAsync(start, end - start).ConfigureAwait(false);
-                CompleteRange(start, end, null);
-                return;
+                return; // the outputs of [start, end) stand
             }
             catch (Exception ex)
             {
@@ -711,13 +772,34 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
 
         if (depth == 0 || end - start <= 1 || _cts.IsCancellationRequested)
         {
-            CompleteRange(start, end, failure);
+            RecordFailure(start, end, failure);
             return;
         }
 
         int middle = start + (end - start) / 2;
         await IsolateAsync(start, middle, depth - 1, null).ConfigureAwait(false);
         await IsolateAsync(middle, end, depth - 1, null).ConfigureAwait(false);
+    }
+
+    private void PrepareSlotErrors()
+    {
+        if (_slotErrors.Length < _count)
+        {
+            _slotErrors = new Exception?[_count];
+            _slotErrorSizes = new int[_count];
+        }
+
+        Array.Clear(_slotErrors, 0, _count);
+        _isolated = true;
+    }
+
+    private void RecordFailure(int start, int end, Exception failure)
+    {
+        for (int i = start; i < end; i++)
+        {
+            _slotErrors[i] = failure;
+            _slotErrorSizes[i] = end - start;
+        }
     }
 
     private ValueTask InvokeRangeAsync(int start, int length)
@@ -734,39 +816,92 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
         return error is null ? pending : ValueTask.FromException(error);
     }
 
-    /// <summary>Hands outputs (or the failure) to the callers of items [start, end) that nobody completed yet (isolation only).</summary>
-    private void CompleteRange(int start, int end, Exception? error)
+    /// <summary>The handler failure that decides slot <paramref name="slot"/> (null: its output stands), and the size of the
+    /// handler call it came from.</summary>
+    private Exception? ErrorAt(int slot, out int callSize)
     {
-        for (int i = start; i < end; i++)
+        if (_isolated)
         {
-            Request<TIn, TOut> item = _items[i];
-            if (!item.TryClaimFromBatch())
-            {
-                continue;
-            }
-
-            // Counted before the caller can observe its result.
-            bool fails = error is not null || _context.IsMissing(_outputs[i]);
-            _context.Telemetry.RequestsFinished(fails ? Outcomes.Failed : Outcomes.Completed, 1);
-            Deliver(item, i, end - start, error, inline: false);
+            callSize = _slotErrorSizes[slot];
+            return _slotErrors[slot];
         }
+
+        callSize = _count;
+        return _handlerError;
     }
 
-    /// <summary>Hands a claimed caller the outcome of item <paramref name="i"/>: the handler's failure, a missing
-    /// output, or its output.</summary>
-    private void Deliver(Request<TIn, TOut> request, int i, int batchSize, Exception? error, bool inline)
+    private int PartLength(int part) => (part + 1 < _partCount ? _partSlots[part + 1] : _count) - _partSlots[part];
+
+    /// <summary>Hands a claimed single-item caller the outcome of slot <paramref name="slot"/>: the handler's failure, a
+    /// missing output, or its output.</summary>
+    private void Deliver(Request<TIn, TOut> request, int slot, bool inline)
     {
-        if (error is not null)
+        if (ErrorAt(slot, out int callSize) is { } error)
         {
-            request.SetException(_context.HandlerFailure(error, batchSize), inline);
+            request.SetException(_context.HandlerFailure(error, callSize), inline);
         }
-        else if (_context.IsMissing(_outputs[i]))
+        else if (_context.IsMissing(_outputs[slot]))
         {
-            request.SetException(_context.MissingOutput(i, batchSize), inline);
+            request.SetException(_context.MissingOutput(slot, _count), inline);
         }
         else
         {
-            request.SetResult(_outputs[i], inline);
+            request.SetResult(_outputs[slot], inline);
+        }
+    }
+
+    /// <summary>Records part <paramref name="part"/> of a multi-item call: writes its outputs into the caller's buffer
+    /// (unless the caller was released already) and its failures, as runs; completes the call if it was the last.</summary>
+    private void DeliverPart(int part, bool inline)
+    {
+        Request<TIn, TOut> request = _parts[part];
+        int slot = _partSlots[part], length = PartLength(part), start = _partStarts[part];
+        bool last;
+        lock (request.PartSync)
+        {
+            if (request.IsFinishedLocked)
+            {
+                return; // cancelled: its buffer is no longer ours to write
+            }
+
+            // Consecutive failures for one reason share one exception, so they form one run of ItemFailures.
+            Span<TOut> outputs = request.Outputs.Span.Slice(start, length);
+            Exception? runCause = null, runError = null;
+            bool runMissing = false;
+            for (int k = 0; k < length; k++)
+            {
+                int s = slot + k;
+                if (ErrorAt(s, out int callSize) is { } error)
+                {
+                    if (runError is null || runMissing || !ReferenceEquals(runCause, error))
+                    {
+                        (runCause, runMissing, runError) = (error, false, _context.HandlerFailure(error, callSize));
+                    }
+
+                    request.AddFailureLocked(start + k, 1, runError);
+                }
+                else if (_context.IsMissing(_outputs[s]))
+                {
+                    if (runError is null || !runMissing)
+                    {
+                        (runCause, runMissing, runError) = (null, true, _context.MissingOutput(s, _count));
+                    }
+
+                    request.AddFailureLocked(start + k, 1, runError);
+                }
+                else
+                {
+                    outputs[k] = _outputs[s];
+                    runError = null;
+                }
+            }
+
+            last = request.EndItemsLocked(length);
+        }
+
+        if (last)
+        {
+            _context.Telemetry.RequestsFinished(request.CompleteCall(_context.Name, inline), 1);
         }
     }
 
@@ -788,7 +923,9 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
     /// <summary>Buffers rented to the size of the batch: kept while they fit, swapped when much too small or too large.</summary>
     private void EnsureCapacity(int count)
     {
-        Resize(ref _items, count);
+        Resize(ref _parts, count);
+        Resize(ref _partSlots, count);
+        Resize(ref _partStarts, count);
         Resize(ref _inputs, count);
         Resize(ref _outputs, count);
 
@@ -824,7 +961,7 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
 
         if (State == BatchState.Idle)
         {
-            _items = [];
+            _parts = [];
             _inputs = [];
             _outputs = [];
         }
