@@ -5,8 +5,9 @@ namespace Batching;
 /// timeout, what <see cref="IBatchProcessor{TIn, TOut}.ProcessAsync(TIn, CancellationToken)"/> uses.</remarks>
 public readonly record struct RequestOptions
 {
-    // Stored as ticks XOR -1, so that the default field (0) reads as Timeout.InfiniteTimeSpan (-1 tick) and equality
-    // treats "left unset" and "set to infinite" alike.
+    // Stored as ticks XOR the ticks of Timeout.InfiniteTimeSpan, so that the default field (0) reads as infinite and
+    // equality treats "left unset" and "set to infinite" alike.
+    private const long InfiniteTicks = -TimeSpan.TicksPerMillisecond;
     private readonly long _timeoutBits;
 
     /// <summary>Options with <paramref name="priority"/> and no timeout.</summary>
@@ -42,7 +43,7 @@ public readonly record struct RequestOptions
     /// (fails unless dispatched at once: never queued) or more, or <see cref="System.Threading.Timeout.InfiniteTimeSpan"/>.</value>
     public TimeSpan Timeout
     {
-        get => new(_timeoutBits ^ -1L);
-        init => _timeoutBits = value.Ticks ^ -1L;
+        get => new(_timeoutBits ^ InfiniteTicks);
+        init => _timeoutBits = value.Ticks ^ InfiniteTicks;
     }
 }
