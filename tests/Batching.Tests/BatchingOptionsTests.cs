@@ -20,12 +20,24 @@ public class BatchingOptionsTests
         Assert.NotSame(options.FlushPolicy.CreateInstance(), options.FlushPolicy.CreateInstance());
         Assert.Null(options.TimeProvider);
         Assert.Null(options.Name);
+        Assert.Equal(1, options.PriorityLevels);
+        Assert.Null(options.PriorityWeights);
+        Assert.Null(options.ItemWeight);
+        Assert.Equal(0, options.MaxBatchWeight);
         options.Validate();
     }
 
     public static TheoryData<string, Action<BatchingOptions>> InvalidSettings => new()
     {
         { nameof(BatchingOptions.MaxBatchSize), o => o.MaxBatchSize = 0 },
+        { nameof(BatchingOptions.PriorityLevels), o => o.PriorityLevels = 0 },
+        { nameof(BatchingOptions.PriorityLevels), o => o.PriorityLevels = 17 },
+        { nameof(BatchingOptions.PriorityWeights), o => { o.PriorityLevels = 3; o.PriorityWeights = [2, 1]; } },
+        { nameof(BatchingOptions.PriorityWeights), o => { o.PriorityLevels = 2; o.PriorityWeights = [1, 0]; } },
+        { nameof(BatchingOptions.PriorityWeights), o => { o.PriorityLevels = 2; o.PriorityWeights = [1, 1_000_001]; } },
+        { nameof(BatchingOptions.MaxBatchWeight), o => o.MaxBatchWeight = 10 },
+        { nameof(BatchingOptions.MaxBatchWeight), o => o.ItemWeight = (int x) => x },
+        { nameof(BatchingOptions.ItemWeight), o => { o.ItemWeight = (int x) => (long)x; o.MaxBatchWeight = 5; } },
         { nameof(BatchingOptions.MaxBatchSize), o => o.MaxBatchSize = -5 },
         { nameof(BatchingOptions.MaxDelay), o => o.MaxDelay = TimeSpan.FromMilliseconds(-1) },
         { nameof(BatchingOptions.MaxDelay), o => o.MaxDelay = TimeSpan.FromHours(2) },

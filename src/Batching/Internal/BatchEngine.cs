@@ -721,7 +721,7 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
 
             waiting = _queue.WaitingItems;
             inFlight = _running.Count;
-            occupied = SlotsOccupiedLocked();
+            occupied = _running.Count; // a batch resuming its callers frees its slot within microseconds
             accepting = _state == ProcessorState.Running;
             modelled = _costModel.Count > 0;
             fixedSeconds = _costModel.FixedSeconds;

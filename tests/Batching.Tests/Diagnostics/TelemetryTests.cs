@@ -75,6 +75,38 @@ public class TelemetryTests
     }
 
     [Fact]
+    public async Task Queue_depth_is_reported_per_priority_level_with_the_estimated_wait()
+    {
+        string name = $"levels-{Guid.NewGuid():N}";
+        using var recorder = new Recorder(name);
+        var handler = new RecordingHandler();
+        var gate = new TaskCompletionSource();
+        handler.Gate = gate.Task;
+        await using var processor = BatchProcessor.Create(handler.Handler, new BatchingOptions { Name = name, MaxBatchSize = 2, PriorityLevels = 3 });
+        Task<int> first = processor.ProcessAsync(0).AsTask();
+        await handler.Started.WaitAsync(Wait.Bound);
+        Task[] queued =
+        [
+            processor.ProcessAsync(1, new RequestOptions(0)).AsTask(),
+            processor.ProcessManyAsync(new[] { 2, 3, 4 }, new int[3], new RequestOptions(2)).AsTask(),
+        ];
+        await Wait.UntilAsync(() => processor.GetLoad().QueuedItems == 4, "four items are queued");
+
+        recorder.Observe();
+        List<(string Name, double Value, Dictionary<string, object?> Tags)> depth;
+        lock (recorder.Measurements)
+        {
+            depth = [.. recorder.Measurements.Where(m => m.Name == "batching.queue.depth")];
+        }
+
+        Assert.Equal([1, 0, 3], depth.OrderBy(m => (int)m.Tags[BatchingTelemetry.PriorityTag]!).Select(m => m.Value));
+        Assert.Single(recorder.Values("batching.queue.estimated_wait"));
+        handler.Gate = null;
+        gate.SetResult();
+        await Task.WhenAll(queued.Append(first)).WithinBoundAsync();
+    }
+
+    [Fact]
     public async Task Metrics_count_every_request_outcome_and_describe_each_batch()
     {
         string name = $"metrics-{Guid.NewGuid():N}";
