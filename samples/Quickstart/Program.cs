@@ -20,6 +20,19 @@ Report single = await RunAsync("unbatched (one item per call)", o => o.MaxBatchS
 Console.WriteLine();
 Console.WriteLine($"Batching gave {batched.Throughput / single.Throughput:0.0}x the throughput with {single.P99 / batched.P99:0.0}x lower p99 latency.");
 
+// One call can carry many items (an HTTP request with 250 inputs), with a priority and a queue timeout: the items are
+// split across batches of up to 100 and the call completes once, every output at its input's index.
+var manyDevice = new SimulatedDevice();
+await using (var many = BatchProcessor.Create<float, float>(manyDevice.RunAsync, new BatchingOptions { MaxBatchSize = 100, PriorityLevels = 2 }))
+{
+    float[] inputs = [.. Enumerable.Range(0, 250).Select(i => (float)i)];
+    var outputs = new float[inputs.Length];
+    long start = Stopwatch.GetTimestamp();
+    await many.ProcessManyAsync(inputs, outputs, new RequestOptions(priority: 1, timeout: TimeSpan.FromSeconds(1)));
+    bool allRight = inputs.Select(SimulatedDevice.Compute).SequenceEqual(outputs);
+    Console.WriteLine($"One ProcessManyAsync call of {inputs.Length} items: {manyDevice.Calls} batches, {Stopwatch.GetElapsedTime(start).TotalMilliseconds:0.0} ms, outputs {(allRight ? "all at their index" : "WRONG")}.");
+}
+
 async Task<Report> RunAsync(string name, Action<BatchingOptions> configure)
 {
     var device = new SimulatedDevice();
@@ -71,6 +84,8 @@ internal sealed class SimulatedDevice
     private long _items;
 
     public double MeanBatchSize => _calls == 0 ? 0 : (double)_items / _calls;
+
+    public long Calls => _calls;
 
     public static float Compute(float x) => MathF.Sqrt(x) * 0.5f + 1f;
 
