@@ -18,6 +18,8 @@ public static class InferenceApp
     /// <summary>The name of the batched processor in logs, metrics and health.</summary>
     public const string BatchedName = "infer";
 
+    /// <summary>The priority levels of both processors unless configured: 0 (interactive, the default) and 1 (bulk).</summary>
+    public const int PriorityLevels = 2;
 
     /// <summary>Builds the app. <paramref name="configure"/> runs last, so tests can replace services.</summary>
     /// <param name="args">Command line: <c>--port N</c>, <c>--urls</c>, and any configuration key such as <c>--Batching:MaxBatchSize 32</c>.</param>
@@ -54,11 +56,16 @@ public static class InferenceApp
                 o.QueueCapacity = 1024;
                 o.QueueFullMode = QueueFullMode.Reject;
                 o.FlushPolicy = policy;
+                // Two levels: 0 (the default) for interactive requests, 1 for bulk or background work ("priority": 1).
+                // With the default weights (2 : 1), level 0 gets two thirds of the dispatched items while both have work,
+                // and level 1 never starves. Batching:PriorityLevels (and Batching:PriorityWeights) change it.
+                o.PriorityLevels = PriorityLevels;
                 batching.Bind(o);
             })
             .AddKeyedGpuRowProcessor<float, DenseReluKernel>(UnbatchedKey, Rows, configure: o =>
             {
                 // The same model and device, one item per launch: the baseline that batching is measured against.
+                o.PriorityLevels = PriorityLevels;
                 batching.Bind(o);
                 o.Name = UnbatchedKey;
                 o.MaxBatchSize = 1;

@@ -1,7 +1,4 @@
-using System.Collections.Concurrent;
 using System.Net;
-using Batching.Samples.WebApi;
-using Microsoft.Extensions.DependencyInjection;
 
 namespace Batching.WebApi.Tests;
 
@@ -96,45 +93,5 @@ public sealed class BackpressureAndCancellationTests
         Assert.DoesNotContain(model.Seen, row => row[0] == 0.5f);
     }
 
-    private static Task<RunningServer> StartAsync(string name, GatedModel model) =>
-        RunningServer.StartAsync(builder => builder.Services.AddBatching().AddProcessor<ReadOnlyMemory<float>, float[]>(model.HandleAsync, o =>
-        {
-            o.Name = name;
-            o.MaxBatchSize = Capacity;
-            o.QueueCapacity = Capacity;
-            o.QueueFullMode = QueueFullMode.Reject;
-            o.MaxDelay = TimeSpan.Zero;
-        }));
-
-    /// <summary>The reference model behind a gate: the first batch blocks until <see cref="Open"/>.</summary>
-    private sealed class GatedModel
-    {
-        private readonly TaskCompletionSource _gate = new(TaskCreationOptions.RunContinuationsAsynchronously);
-        private readonly ConcurrentQueue<int> _batchSizes = new();
-        private readonly ConcurrentQueue<float[]> _seen = new();
-
-        public TaskCompletionSource Entered { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
-
-        public int[] BatchSizes => [.. _batchSizes];
-
-        public float[][] Seen => [.. _seen];
-
-        public void Open() => _gate.TrySetResult();
-
-        public async ValueTask HandleAsync(ReadOnlyMemory<ReadOnlyMemory<float>> inputs, Memory<float[]> outputs, CancellationToken cancellationToken)
-        {
-            _batchSizes.Enqueue(inputs.Length);
-            foreach (ReadOnlyMemory<float> row in inputs.Span)
-            {
-                _seen.Enqueue(row.ToArray());
-            }
-
-            Entered.TrySetResult();
-            await _gate.Task.WaitAsync(cancellationToken);
-            for (int i = 0; i < inputs.Length; i++)
-            {
-                outputs.Span[i] = Reference.Dense(inputs.Span[i].Span);
-            }
-        }
-    }
+    private static Task<RunningServer> StartAsync(string name, GatedModel model) => model.StartServerAsync(name, Capacity);
 }

@@ -1,5 +1,7 @@
 using System.Net;
 using System.Text.Json;
+using Batching.Samples.WebApi;
+using Microsoft.Extensions.DependencyInjection;
 
 namespace Batching.WebApi.Tests;
 
@@ -76,7 +78,27 @@ public sealed class InferenceServiceTests(ServerFixture fixture) : IClassFixture
         { "null", "Missing features", "'features' array" },
         { "", "Empty body", "empty" },
         { "  \n ", "Empty body", "empty" },
+        { Body(Zeros, ",\"priority\":2"), "Priority out of range", "'priority' must be from 0 (the most urgent) to 1; it was 2" },
+        { Body(Zeros, ",\"priority\":-1"), "Priority out of range", "'priority' must be from 0 (the most urgent) to 1; it was -1" },
+        { Body(Zeros, ",\"priority\":1.5"), "Malformed JSON", "Path: $.priority" },
+        { Body(Zeros, ",\"timeout_ms\":-1"), "Timeout out of range", "'timeout_ms' must be from 0 to 3600000 milliseconds; it was -1" },
+        { Body(Zeros, ",\"timeout_ms\":1e12"), "Timeout out of range", "'timeout_ms' must be from 0" },
+        { Body(Zeros, ",\"timeout_ms\":\"soon\""), "Malformed JSON", "Path: $.timeout_ms" },
+        { Body("[\"one\"]"), "Malformed JSON", "Path: $.features" },
+        { Body($"[{Zeros},[1,2,3]]"), "Wrong vector width", "'features[1]' must hold exactly 256 numbers; it held 3" },
+        { Body("[[]]"), "Wrong vector width", "'features[0]' must hold exactly 256 numbers; it held 0" },
+        { Body($"[{Zeros},[0,1e39,{string.Join(",", Enumerable.Repeat("0", 254))}]]"), "Value out of range", "features[1][1] is not a finite" },
+        { Body($"[{string.Join(",", Enumerable.Repeat(Zeros, InferEndpoint.MaxVectors + 1))}]"), "Too many vectors",
+            $"'features' may hold at most {InferEndpoint.MaxVectors} vectors in one request; it held {InferEndpoint.MaxVectors + 1}" },
+        { Body($"[{Zeros},5]"), "Malformed JSON", "Path: $.features" },
+        { Body("[1,[2]]"), "Malformed JSON", "Path: $.features" },
+        { Body("[[[1]]]"), "Malformed JSON", "Path: $.features" },
     };
+
+    /// <summary>A valid vector: 256 zeros.</summary>
+    private static readonly string Zeros = $"[{string.Join(",", Enumerable.Repeat("0", 256))}]";
+
+    private static string Body(string features, string more = "") => $"{{\"features\":{features}{more}}}";
 
     [Theory]
     [MemberData(nameof(BadBodies))]
@@ -102,7 +124,7 @@ public sealed class InferenceServiceTests(ServerFixture fixture) : IClassFixture
             Assert.Contains("application/json", (await Problem.ReadAsync(response)).Detail, StringComparison.Ordinal);
         }
 
-        string huge = "{\"features\":[" + string.Join(",", Enumerable.Repeat("0.125", 20_000)) + "]}";
+        string huge = "{\"features\":[" + string.Join(",", Enumerable.Repeat("0.125", (InferEndpoint.MaxBodyBytes / 6) + 1)) + "]}";
         using (HttpResponseMessage response = await _server.Client.PostAsync("/v1/infer", RunningServer.Json(huge)))
         {
             Assert.Equal(HttpStatusCode.RequestEntityTooLarge, response.StatusCode);
@@ -113,6 +135,108 @@ public sealed class InferenceServiceTests(ServerFixture fixture) : IClassFixture
         float[] features = Reference.RandomFeatures(new Random(3));
         using HttpResponseMessage ok = await _server.InferAsync(features);
         Reference.AssertClose(Reference.Dense(features), await Reference.OutputsAsync(ok));
+    }
+
+    [Theory]
+    [InlineData("/v1/infer")]
+    [InlineData("/v1/infer-unbatched")]
+    public async Task An_array_of_vectors_gets_its_outputs_in_order_equal_to_one_vector_at_a_time(string path)
+    {
+        // 64 vectors: one full batch on /v1/infer; 64 batches of one on /v1/infer-unbatched, so the call is split.
+        var random = new Random(17);
+        float[][] vectors = [.. Enumerable.Range(0, InferEndpoint.MaxVectors).Select(_ => Reference.RandomFeatures(random))];
+        float[][] many;
+        using (HttpResponseMessage response = await _server.PostAsync(new { features = vectors }, path))
+        {
+            many = await Reference.ManyOutputsAsync(response);
+        }
+
+        Assert.Equal(vectors.Length, many.Length);
+        for (int i = 0; i < vectors.Length; i++)
+        {
+            Reference.AssertClose(Reference.Dense(vectors[i]), many[i]);
+        }
+
+        foreach (int i in new[] { 0, 1, 31, vectors.Length - 1 })
+        {
+            using HttpResponseMessage one = await _server.InferAsync(vectors[i], path);
+            Assert.Equal(await Reference.OutputsAsync(one), many[i]);
+        }
+
+        // An array of one vector is still an array: the response is an array of one output.
+        using HttpResponseMessage single = await _server.PostAsync(new { features = new[] { vectors[5] } }, path);
+        Assert.Equal(many[5], Assert.Single(await Reference.ManyOutputsAsync(single)));
+    }
+
+    [Theory]
+    [InlineData(0, 10_000.0)]
+    [InlineData(1, 10_000.0)]
+    [InlineData(1, null)]
+    [InlineData(null, 2_500.5)]
+    public async Task Priority_and_timeout_ms_are_accepted_for_one_vector_and_for_several(int? priority, double? timeoutMs)
+    {
+        var random = new Random(19);
+        float[] one = Reference.RandomFeatures(random);
+        float[][] several = [Reference.RandomFeatures(random), Reference.RandomFeatures(random), Reference.RandomFeatures(random)];
+        foreach (string path in new[] { "/v1/infer", "/v1/infer-unbatched" })
+        {
+            using (HttpResponseMessage response = await _server.PostAsync(new Dictionary<string, object?>
+            {
+                ["features"] = one, ["priority"] = priority, ["timeout_ms"] = timeoutMs,
+            }, path))
+            {
+                Reference.AssertClose(Reference.Dense(one), await Reference.OutputsAsync(response));
+            }
+
+            using (HttpResponseMessage response = await _server.PostAsync(new Dictionary<string, object?>
+            {
+                ["features"] = several, ["priority"] = priority, ["timeout_ms"] = timeoutMs,
+            }, path))
+            {
+                float[][] outputs = await Reference.ManyOutputsAsync(response);
+                Assert.Equal(several.Length, outputs.Length);
+                for (int i = 0; i < several.Length; i++)
+                {
+                    Reference.AssertClose(Reference.Dense(several[i]), outputs[i]);
+                }
+            }
+        }
+    }
+
+    [Fact]
+    public async Task Every_response_of_both_endpoints_carries_the_load_header()
+    {
+        float[] features = Reference.RandomFeatures(new Random(23));
+        foreach ((string path, IBatchProcessor<ReadOnlyMemory<float>, float[]> processor) in new[]
+        {
+            ("/v1/infer", _server.Services.GetRequiredService<IBatchProcessor<ReadOnlyMemory<float>, float[]>>()),
+            ("/v1/infer-unbatched", _server.Services.GetRequiredKeyedService<IBatchProcessor<ReadOnlyMemory<float>, float[]>>(InferenceApp.UnbatchedKey)),
+        })
+        {
+            ProcessorLoad load = processor.GetLoad();
+            Assert.Equal(InferenceApp.PriorityLevels, load.PriorityLevels);
+            using HttpResponseMessage ok = await _server.InferAsync(features, path);
+            using HttpResponseMessage many = await _server.PostAsync(new { features = new[] { features, features } }, path);
+            using HttpResponseMessage bad = await _server.Client.PostAsync(path, RunningServer.Json("{\"features\":[1]}"));
+            using HttpResponseMessage malformed = await _server.Client.PostAsync(path, RunningServer.Json("{"));
+            using HttpResponseMessage unsupported = await _server.Client.PostAsync(path, new StringContent("{}"));
+            Assert.Equal([HttpStatusCode.OK, HttpStatusCode.OK, HttpStatusCode.BadRequest, HttpStatusCode.BadRequest, HttpStatusCode.UnsupportedMediaType],
+                new[] { ok, many, bad, malformed, unsupported }.Select(r => r.StatusCode));
+            foreach (HttpResponseMessage response in new[] { ok, many, bad, malformed, unsupported })
+            {
+                Dictionary<string, double> report = LoadReport.Read(response);
+                // Nothing else runs on this server now: the queue is empty whatever the response.
+                Assert.Equal(0, report["queued"]);
+                Assert.Equal(0, report["waiting"]);
+                Assert.Equal(load.QueueCapacity, report["capacity"]);
+                Assert.Equal(load.Slots, report["slots"]);
+                Assert.InRange(report["in_flight"], 0, load.Slots);
+                Assert.True(report["estimated_wait_ms"] >= 0);
+                Assert.Equal(0, report["queued_p0"] + report["queued_p1"]);
+                Assert.True(report.ContainsKey("estimated_wait_ms_p1"));
+                Assert.False(report.ContainsKey("queued_p2"));
+            }
+        }
     }
 
     [Fact]

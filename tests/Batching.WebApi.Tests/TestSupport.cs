@@ -1,8 +1,10 @@
+using System.Collections.Concurrent;
 using System.Globalization;
 using System.Text;
 using System.Text.Json;
 using Batching.Samples.WebApi;
 using Microsoft.AspNetCore.Builder;
+using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 
 [assembly: CollectionBehavior(DisableTestParallelization = true)]
@@ -55,6 +57,10 @@ internal sealed class RunningServer : IAsyncDisposable
 
     public Task<HttpResponseMessage> InferAsync(float[] features, string path = "/v1/infer", CancellationToken cancellationToken = default) =>
         Client.PostAsync(path, Features(features), cancellationToken);
+
+    /// <summary>Posts <paramref name="body"/> (an object serialized as JSON, e.g. <c>new { features, priority = 1 }</c>).</summary>
+    public Task<HttpResponseMessage> PostAsync(object body, string path = "/v1/infer") =>
+        Client.PostAsync(path, Json(JsonSerializer.Serialize(body)));
 
     public async Task<string> MetricsAsync()
     {
@@ -156,6 +162,15 @@ internal static class Reference
         using JsonDocument json = JsonDocument.Parse(body);
         return [.. json.RootElement.GetProperty("outputs").EnumerateArray().Select(e => e.GetSingle())];
     }
+
+    /// <summary>The outputs of a multi-vector request: an array of output vectors.</summary>
+    public static async Task<float[][]> ManyOutputsAsync(HttpResponseMessage response)
+    {
+        string body = await response.Content.ReadAsStringAsync();
+        Assert.True(response.StatusCode == System.Net.HttpStatusCode.OK, $"{(int)response.StatusCode}: {body}");
+        using JsonDocument json = JsonDocument.Parse(body);
+        return [.. json.RootElement.GetProperty("outputs").EnumerateArray().Select(row => row.EnumerateArray().Select(e => e.GetSingle()).ToArray())];
+    }
 }
 
 /// <summary>A problem-details body as the tests read it.</summary>
@@ -167,5 +182,74 @@ internal sealed record Problem(int Status, string Title, string Detail)
         using JsonDocument json = JsonDocument.Parse(await response.Content.ReadAsStringAsync());
         JsonElement root = json.RootElement;
         return new Problem(root.GetProperty("status").GetInt32(), root.GetProperty("title").GetString()!, root.GetProperty("detail").GetString()!);
+    }
+}
+
+/// <summary>The X-Batching-Load header, read the way a router would: split on ',' and then on the first '='.</summary>
+internal static class LoadReport
+{
+    public static Dictionary<string, double> Read(HttpResponseMessage response)
+    {
+        Assert.True(response.Headers.TryGetValues("X-Batching-Load", out IEnumerable<string>? values),
+            $"{(int)response.StatusCode} has no X-Batching-Load header.");
+        string value = Assert.Single(values);
+        var members = new Dictionary<string, double>(StringComparer.Ordinal);
+        foreach (string member in value.Split(','))
+        {
+            string[] pair = member.Trim().Split('=', 2);
+            Assert.True(pair.Length == 2, $"'{member}' in '{value}' is not key=value.");
+            members.Add(pair[0], double.Parse(pair[1], NumberStyles.AllowDecimalPoint, CultureInfo.InvariantCulture));
+        }
+
+        foreach (string key in new[] { "queued", "waiting", "in_flight", "slots", "capacity", "estimated_wait_ms" })
+        {
+            Assert.True(members.ContainsKey(key), $"'{value}' lacks {key}.");
+        }
+
+        return members;
+    }
+}
+
+/// <summary>The reference model behind a gate: the first batch blocks until <see cref="Open"/>.</summary>
+internal sealed class GatedModel
+{
+    private readonly TaskCompletionSource _gate = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly ConcurrentQueue<int> _batchSizes = new();
+    private readonly ConcurrentQueue<float[]> _seen = new();
+
+    public TaskCompletionSource Entered { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
+
+    public int[] BatchSizes => [.. _batchSizes];
+
+    public float[][] Seen => [.. _seen];
+
+    public void Open() => _gate.TrySetResult();
+
+    /// <summary>The sample with this model as its batched processor (one slot, Reject mode, no delay).</summary>
+    public Task<RunningServer> StartServerAsync(string name, int maxBatchSize, int? queueCapacity = null, int priorityLevels = 1) =>
+        RunningServer.StartAsync(builder => builder.Services.AddBatching().AddProcessor<ReadOnlyMemory<float>, float[]>(HandleAsync, o =>
+        {
+            o.Name = name;
+            o.MaxBatchSize = maxBatchSize;
+            o.QueueCapacity = queueCapacity ?? maxBatchSize;
+            o.QueueFullMode = QueueFullMode.Reject;
+            o.MaxDelay = TimeSpan.Zero;
+            o.PriorityLevels = priorityLevels;
+        }));
+
+    public async ValueTask HandleAsync(ReadOnlyMemory<ReadOnlyMemory<float>> inputs, Memory<float[]> outputs, CancellationToken cancellationToken)
+    {
+        _batchSizes.Enqueue(inputs.Length);
+        foreach (ReadOnlyMemory<float> row in inputs.Span)
+        {
+            _seen.Enqueue(row.ToArray());
+        }
+
+        Entered.TrySetResult();
+        await _gate.Task.WaitAsync(cancellationToken);
+        for (int i = 0; i < inputs.Length; i++)
+        {
+            outputs.Span[i] = Reference.Dense(inputs.Span[i].Span);
+        }
     }
 }
