@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.InteropServices;
 
 namespace Batching.Benchmarks;
 
@@ -84,6 +85,20 @@ internal static class Machine
         catch (IOException)
         {
             return "unknown";
+        }
+    }
+
+    /// <summary>The CPU model, for the results pages.</summary>
+    public static string Cpu()
+    {
+        try
+        {
+            string? model = File.ReadLines("/proc/cpuinfo").FirstOrDefault(l => l.StartsWith("model name", StringComparison.Ordinal));
+            return model is null ? RuntimeInformation.ProcessArchitecture.ToString() : model.Split(':', 2)[1].Trim();
+        }
+        catch (IOException)
+        {
+            return RuntimeInformation.ProcessArchitecture.ToString();
         }
     }
 }

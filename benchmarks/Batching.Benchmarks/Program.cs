@@ -4,6 +4,7 @@ using BenchmarkDotNet.Reports;
 using BenchmarkDotNet.Running;
 using Batching.Benchmarks.Curves;
 using Batching.Benchmarks.Overhead;
+using Batching.Benchmarks.Priority;
 
 namespace Batching.Benchmarks;
 
@@ -13,9 +14,15 @@ namespace Batching.Benchmarks;
 ///   curves [--quick] [--out DIR] [--loads 25,50] [--profiles B]
 ///                                open-loop load curves for every flush policy; writes curves.md and PNG plots
 ///   probe METHOD C [S] [--alloc-types]  one overhead scenario on a stopwatch for S seconds, with allocations per request
+///                                (METHOD also Single32, Many32, Direct32: the multi-item targets, per item)
 ///   harness [--rounds N] [--seconds S] [--callers C] [--only A,B] [--out DIR]
 ///                                the closed-loop harness of issue "Core v2" (C = 256 callers vs the Channel baseline,
 ///                                alternating rounds, median ratio); writes closed-loop.md
+///   multi-item [--rounds N] [--seconds S] [--callers 1,8] [--out DIR]
+///                                issue 10's multi-item targets on a stopwatch; writes multi-item-stopwatch.md
+///                                (the BenchmarkDotNet version, --filter '*MultiItem*', writes multi-item.md)
+///   priority [--quick] [--loads 30,60,90,120] [--seconds S] [--warmup S] [--out DIR]
+///                                issue 10's priority-under-overload targets, open loop; writes priority.md and priority.png
 ///   quick                        a few-second smoke run of all of them, into a temp folder (CI: compiles and executes, never gates on timing)
 /// </summary>
 public static class Program
@@ -58,6 +65,17 @@ public static class Program
             return ClosedLoopHarness.Run(args, command);
         }
 
+        if (args.Length > 0 && args[0] == "multi-item")
+        {
+            return MultiItemStopwatch.Run(args, command);
+        }
+
+        if (args.Length > 0 && args[0] == "priority")
+        {
+            Machine.RaisePriority();
+            return PrioritySweep.Run(args, command);
+        }
+
         if (args.Length > 0 && args[0] == "quick")
         {
             return Quick(command);
@@ -71,6 +89,11 @@ public static class Program
             {
                 OverheadReport.Write(summary, Paths.Results, command, quick: false);
             }
+
+            if (summary.BenchmarksCases.Any(c => c.Descriptor.Type == typeof(MultiItemBenchmarks)) && !summary.HasCriticalValidationErrors)
+            {
+                MultiItemReport.Write(summary, Paths.Results, command, quick: false);
+            }
         }
 
         return 0;
@@ -80,15 +103,18 @@ public static class Program
     {
         string output = Path.Combine(Path.GetTempPath(), "batching-bench-quick");
         Directory.CreateDirectory(output);
-        Summary summary = BenchmarkRunner.Run<OverheadBenchmarks>(OverheadConfig.Quick());
-        if (summary.HasCriticalValidationErrors || summary.Reports.Any(r => !r.Success))
+        Summary[] summaries = BenchmarkRunner.Run([typeof(OverheadBenchmarks), typeof(MultiItemBenchmarks)], OverheadConfig.Quick());
+        if (summaries.Any(s => s.HasCriticalValidationErrors || s.Reports.Any(r => !r.Success)))
         {
             Console.Error.WriteLine("quick: a benchmark case failed to run.");
             return 1;
         }
 
-        OverheadReport.Write(summary, output, command, quick: true);
+        OverheadReport.Write(summaries.Single(s => s.BenchmarksCases.Any(c => c.Descriptor.Type == typeof(OverheadBenchmarks))), output, command, quick: true);
+        MultiItemReport.Write(summaries.Single(s => s.BenchmarksCases.Any(c => c.Descriptor.Type == typeof(MultiItemBenchmarks))), output, command, quick: true);
         ClosedLoopHarness.Run(["harness", "--rounds", "1", "--seconds", "0.5", "--quick", "--out", output], command);
+        MultiItemStopwatch.Run(["multi-item", "--rounds", "1", "--seconds", "0.3", "--quick", "--out", output], command);
+        PrioritySweep.Run(["priority", "--quick", "--out", output], command);
         return CurveSweep.Run(CurveSweep.Quick, output, command);
     }
 

@@ -15,7 +15,7 @@ internal static class CurveReport
         var md = new StringBuilder()
             .AppendLine("# Load curves: latency and throughput against offered load, per flush policy")
             .AppendLine()
-            .AppendLine(inv, $"- Machine: 2-core dev VM ({Environment.ProcessorCount} logical CPUs, {Cpu()}, {RuntimeInformation.OSDescription}, .NET {Environment.Version})")
+            .AppendLine(inv, $"- Machine: 2-core dev VM ({Environment.ProcessorCount} logical CPUs, {Machine.Cpu()}, {RuntimeInformation.OSDescription}, .NET {Environment.Version})")
             .AppendLine(inv, $"- Date: {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC; the sweep took {took.TotalSeconds:0} s")
             .AppendLine(inv, $"- Command: `{command}`")
             .AppendLine(inv, $"- Commit: {Git.Describe()}")
@@ -97,15 +97,7 @@ internal static class CurveReport
             }
         }
 
-        var ticks = new ScottPlot.TickGenerators.NumericAutomatic
-        {
-            MinorTickGenerator = new ScottPlot.TickGenerators.LogMinorTickGenerator(),
-            IntegerTicksOnly = true,
-            LabelFormatter = y => Math.Pow(10, y).ToString("0.###", CultureInfo.InvariantCulture),
-        };
-        plot.Axes.Left.TickGenerator = ticks;
-        plot.Grid.MajorLineColor = Colors.Black.WithOpacity(0.15);
-        plot.Grid.MinorLineColor = Colors.Black.WithOpacity(0.05);
+        UseLogAxis(plot);
         plot.Title(string.Create(CultureInfo.InvariantCulture, $"Profile {profile.Name}: batch of n takes {profile.FixedMicroseconds} + {profile.PerItemMicroseconds}·n µs; MaxBatchSize 100, MaxDelay 1 ms"));
         plot.XLabel("Offered load (% of capacity with full batches), Poisson arrivals");
         plot.YLabel("Latency, ms (log scale)");
@@ -113,16 +105,16 @@ internal static class CurveReport
         plot.SavePng(path, 1200, 700);
     }
 
-    private static string Cpu()
+    /// <summary>Labels the left axis as a log scale: the plotted values are log10 of the data, the ticks show the data.</summary>
+    internal static void UseLogAxis(Plot plot)
     {
-        try
+        plot.Axes.Left.TickGenerator = new ScottPlot.TickGenerators.NumericAutomatic
         {
-            string? model = File.ReadLines("/proc/cpuinfo").FirstOrDefault(l => l.StartsWith("model name", StringComparison.Ordinal));
-            return model is null ? RuntimeInformation.ProcessArchitecture.ToString() : model.Split(':', 2)[1].Trim();
-        }
-        catch (IOException)
-        {
-            return RuntimeInformation.ProcessArchitecture.ToString();
-        }
+            MinorTickGenerator = new ScottPlot.TickGenerators.LogMinorTickGenerator(),
+            IntegerTicksOnly = true,
+            LabelFormatter = y => Math.Pow(10, y).ToString("0.###", CultureInfo.InvariantCulture),
+        };
+        plot.Grid.MajorLineColor = Colors.Black.WithOpacity(0.15);
+        plot.Grid.MinorLineColor = Colors.Black.WithOpacity(0.05);
     }
 }

@@ -32,7 +32,7 @@ internal static partial class CurveSweep
     /// would otherwise take its whole queue's worth of service time per point.</summary>
     private static readonly TimeSpan DrainLimit = TimeSpan.FromSeconds(2);
 
-    private const long HistogramMax = 3_600_000_000_000; // one hour in nanoseconds
+    internal const long HistogramMax = 3_600_000_000_000; // one hour in nanoseconds
 
     public static readonly SweepSettings Full = new(
         [new("A", 200, 2), new("B", 20, 2)],
@@ -187,11 +187,11 @@ internal static partial class CurveSweep
             rejected, failed, unfinished, measured, driver.IssueLag.GetValueAtPercentile(99) / 1000.0, allocatedMBPerSecond, gen0);
     }
 
-    private static double Us(LongHistogram histogram, double percentile) =>
+    internal static double Us(LongHistogram histogram, double percentile) =>
         histogram.TotalCount == 0 ? double.NaN : histogram.GetValueAtPercentile(percentile) / 1000.0;
 
     /// <summary>Seeded Poisson arrivals: exponential gaps at <paramref name="rate"/> per second, as Stopwatch ticks from the start.</summary>
-    private static long[] PoissonSchedule(double rate, double seconds, int seed, out int count)
+    internal static long[] PoissonSchedule(double rate, double seconds, int seed, out int count)
     {
         var random = new Random(seed);
         var times = new List<long>((int)(rate * seconds * 1.1) + 16);

@@ -26,9 +26,14 @@ internal sealed class OpenLoopDriver
     private long _start;
     private int _finished;
 
-    public OpenLoopDriver(IBatchProcessor<int, int> processor, SimulatedDevice device, long[] schedule, int count, long[] completions)
+    private readonly byte[]? _priorities;
+
+    /// <param name="priorities">Each arrival's priority level, passed in <see cref="RequestOptions"/>; null calls the plain
+    /// <c>ProcessAsync(input)</c> (one level).</param>
+    public OpenLoopDriver(IBatchProcessor<int, int> processor, SimulatedDevice device, long[] schedule, int count, long[] completions, byte[]? priorities = null)
     {
         _processor = processor;
+        _priorities = priorities;
         _device = device;
         _schedule = schedule;
         _count = count;
@@ -92,7 +97,7 @@ internal sealed class OpenLoopDriver
 
     private void Issue(int id)
     {
-        ValueTask<int> pending = _processor.ProcessAsync(Input(id));
+        ValueTask<int> pending = _priorities is null ? _processor.ProcessAsync(Input(id)) : _processor.ProcessAsync(Input(id), new RequestOptions(_priorities[id]));
         if (pending.IsCompleted)
         {
             if (pending.IsCompletedSuccessfully)
@@ -117,7 +122,8 @@ internal sealed class OpenLoopDriver
         call.Start(id, pending);
     }
 
-    private static int Input(int id) => id & 0xFFFFFF;
+    /// <summary>The input of arrival <paramref name="id"/>: the id itself below 2^24 (a handler can map it back).</summary>
+    public static int Input(int id) => id & 0xFFFFFF;
 
     private void Finish(int id, int output) =>
         FinishWith(id, output == unchecked(Input(id) * 2 + 1) ? Stopwatch.GetTimestamp() : Failed);

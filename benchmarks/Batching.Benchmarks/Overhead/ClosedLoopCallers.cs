@@ -5,8 +5,12 @@ namespace Batching.Benchmarks.Overhead;
 /// <summary>One way of serving a request: the library, a baseline batcher, or a direct call.</summary>
 internal abstract class RequestTarget : IAsyncDisposable
 {
-    /// <summary>Serves one request for caller <paramref name="caller"/>.</summary>
+    /// <summary>Serves one call for caller <paramref name="caller"/>: <see cref="ItemsPerCall"/> items, the first of
+    /// them <paramref name="input"/>, whose output it returns (a multi-item target checks the others itself).</summary>
     public abstract ValueTask<int> CallAsync(int caller, int input);
+
+    /// <summary>Items one call carries; the callers count items, so every rate and per-request figure is per item.</summary>
+    public virtual int ItemsPerCall => 1;
 
     public virtual ValueTask DisposeAsync() => ValueTask.CompletedTask;
 }
@@ -16,7 +20,7 @@ internal abstract class RequestTarget : IAsyncDisposable
 /// and kept running across BenchmarkDotNet invocations.
 /// </summary>
 /// <remarks>
-/// An invocation waits until the callers have completed a given number of requests. Keeping the callers alive
+/// An invocation waits until the callers have completed a given number of requests (items, for a multi-item target). Keeping the callers alive
 /// (rather than starting C tasks per invocation) measures the steady state: no ramp-up at the start of each
 /// invocation, and no per-invocation task or state-machine allocations that would be charged to the target.
 /// </remarks>
@@ -76,6 +80,7 @@ internal sealed class ClosedLoopCallers : IAsyncDisposable
     private async Task CallLoopAsync(int caller)
     {
         int input = caller << 20;
+        int items = _target.ItemsPerCall;
         int synchronous = 0;
         while (!_stopping)
         {
@@ -93,7 +98,9 @@ internal sealed class ClosedLoopCallers : IAsyncDisposable
             }
 
             input = (caller << 20) | ((input + 1) & 0xFFFFF);
-            if (Interlocked.Increment(ref _completed) == Volatile.Read(ref _goal))
+            long completed = Interlocked.Add(ref _completed, items);
+            long goal = Volatile.Read(ref _goal);
+            if (completed >= goal && completed - items < goal)
             {
                 _goalReached.Set();
             }

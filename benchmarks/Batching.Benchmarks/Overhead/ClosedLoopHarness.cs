@@ -17,12 +17,16 @@ internal static class ClosedLoopHarness
 {
     private const double Target = 1.5;
 
+    /// <summary>The Default ratio of the last full run before issue 10 (results/closed-loop.md, commit f82430c).</summary>
+    private const double PreviousDefaultRatio = 1.33;
+
     private sealed record Candidate(string Name, string What, Func<RequestTarget> Create);
 
     private static readonly Candidate[] Candidates =
     [
         new("Channel", "Channel<(int, TaskCompletionSource<int>)> + one consumer loop, RunContinuationsAsynchronously (baseline)", () => new ChannelTarget()),
-        new("Default", "this library, default options (Adaptive) but MaxBatchSize 100", () => new LibraryTarget(null)),
+        new("Default", "this library, default options (Adaptive, PriorityLevels 1) but MaxBatchSize 100", () => new LibraryTarget(null)),
+        new("Default2Levels", "the same with PriorityLevels 2 (weights 2:1): half the callers at each level, through ProcessAsync(input, RequestOptions)", () => new LibraryTarget(null, priorityLevels: 2)),
         new("Adaptive", "FlushPolicy.Adaptive()", () => new LibraryTarget(FlushPolicy.Adaptive())),
         new("Deadline", "FlushPolicy.Deadline", () => new LibraryTarget(FlushPolicy.Deadline)),
         new("Size", "FlushPolicy.Size()", () => new LibraryTarget(FlushPolicy.Size())),
@@ -47,7 +51,7 @@ internal static class ClosedLoopHarness
             for (int k = 0; k < candidates.Length; k++)
             {
                 Candidate candidate = candidates[(k + round) % candidates.Length];
-                (double rate, double allocated, double batch) = Measure(candidate, callers, TimeSpan.FromSeconds(seconds));
+                (double rate, double allocated, double batch) = Measure(candidate.Create, callers, TimeSpan.FromSeconds(seconds));
                 measured[candidate.Name] = rate;
                 throughput[candidate.Name].Add(rate);
                 bytes[candidate.Name].Add(allocated);
@@ -78,8 +82,23 @@ internal static class ClosedLoopHarness
         }
 
         page.AppendLine();
-        double defaultRatio = Median(ratios["Default"]);
-        page.AppendLine(CultureInfo.InvariantCulture, $"- {(defaultRatio >= Target ? "PASS" : "FAIL")}: default options reach {defaultRatio:0.00}x the baseline (target >= {Target}x)");
+        if (ratios.TryGetValue("Default", out List<double>? defaultRatios)) // absent with --only and no Default
+        {
+            double defaultRatio = Median(defaultRatios);
+            page.AppendLine(CultureInfo.InvariantCulture, $"- {(defaultRatio >= Target ? "PASS" : "FAIL")}: default options reach {defaultRatio:0.00}x the baseline (target >= {Target}x)");
+
+            // Issue 10: single-item calls must not pay for the new multi-item and priority machinery at PriorityLevels 1.
+            page.AppendLine(CultureInfo.InvariantCulture,
+                $"- {(defaultRatio >= PreviousDefaultRatio ? "PASS" : "FAIL")}: no single-item regression (issue 10): default options, PriorityLevels 1, reach {defaultRatio:0.00}x the baseline, {Median(throughput["Default"]):N0} requests/s (the engine before issue 10, f82430c: {PreviousDefaultRatio:0.00}x in its final 5-round run, 6,363,375 requests/s; 1.51x median over ten processes; target >= {PreviousDefaultRatio:0.00}x)");
+        }
+
+        if (ratios.ContainsKey("Default") && ratios.TryGetValue("Default2Levels", out List<double>? twoLevels))
+        {
+            List<double> relative = [.. twoLevels.Zip(ratios["Default"], (two, one) => two / one)];
+            page.AppendLine(CultureInfo.InvariantCulture,
+                $"- INFO: PriorityLevels 2 reaches {Median(relative):0.00}x the throughput of PriorityLevels 1 in the same rounds (range {relative.Min():0.00}x – {relative.Max():0.00}x): the cost of a second lane");
+        }
+
         foreach (Candidate candidate in candidates.Where(c => c.Name is not "Channel" and not "Default"))
         {
             double ratio = Median(ratios[candidate.Name]);
@@ -100,11 +119,12 @@ internal static class ClosedLoopHarness
         return 0;
     }
 
-    private static (double Rate, double Bytes, double Batch) Measure(Candidate candidate, int callers, TimeSpan duration)
+    /// <summary>One run of a target: requests (items) per second, bytes allocated per request on every thread, mean batch.</summary>
+    internal static (double Rate, double Bytes, double Batch) Measure(Func<RequestTarget> create, int callers, TimeSpan duration)
     {
         GC.Collect();
         GC.WaitForPendingFinalizers();
-        var loop = new ClosedLoopCallers(candidate.Create(), callers);
+        var loop = new ClosedLoopCallers(create(), callers);
         Thread.Sleep(duration / 4); // warm-up: tiering, pools and queues reach steady state
         long requests0 = loop.Completed, bytes0 = GC.GetTotalAllocatedBytes(precise: true);
         long batches0 = Volatile.Read(ref NoOpHandler.Batches), items0 = Volatile.Read(ref NoOpHandler.Items);
@@ -118,12 +138,12 @@ internal static class ClosedLoopHarness
         return (requests / elapsed, allocated / Math.Max(1, requests), batches == 0 ? 0 : (double)items / batches);
     }
 
-    private static double Median(List<double> values)
+    internal static double Median(List<double> values)
     {
         double[] sorted = [.. values.Order()];
         return sorted.Length == 0 ? double.NaN : sorted.Length % 2 == 1 ? sorted[sorted.Length / 2] : (sorted[sorted.Length / 2 - 1] + sorted[sorted.Length / 2]) / 2;
     }
 
-    private static int IntOption(string[] args, string name, int fallback) =>
+    internal static int IntOption(string[] args, string name, int fallback) =>
         Program.OptionValue(args, name) is { } value ? int.Parse(value, CultureInfo.InvariantCulture) : fallback;
 }

@@ -19,13 +19,18 @@ internal static class OverheadProbe
         "Adaptive" => new LibraryTarget(FlushPolicy.Adaptive()),
         "AdaptiveInline" => new LibraryTarget(FlushPolicy.Adaptive(), inlineWhenIdle: true),
         "Direct" => new DirectTarget(callers),
-        _ => throw new ArgumentException($"Unknown method '{method}'; use Channel, Dataflow, Deadline, Size, Adaptive, AdaptiveInline or Direct.", nameof(method)),
+        "Single32" => new SingleCallsTarget(callers, MultiItemBenchmarks.ItemsPerCall),
+        "Many32" => new ManyCallTarget(callers, MultiItemBenchmarks.ItemsPerCall),
+        "Direct32" => new DirectTarget(callers, MultiItemBenchmarks.ItemsPerCall),
+        _ => throw new ArgumentException($"Unknown method '{method}'; use Channel, Dataflow, Deadline, Size, Adaptive, AdaptiveInline, Direct, Single32, Many32 or Direct32.", nameof(method)),
     };
 
     public static int Run(string method, int callers, TimeSpan duration, bool sampleAllocations)
     {
         using AllocationSampler? sampler = sampleAllocations ? new AllocationSampler() : null;
-        var loop = new ClosedLoopCallers(Create(method, callers), callers);
+        RequestTarget target = Create(method, callers);
+        string unit = target.ItemsPerCall > 1 ? "item" : "request"; // a multi-item target's callers count items
+        var loop = new ClosedLoopCallers(target, callers);
         Thread.Sleep(duration / 4); // warm-up: tiering, pools and queues reach steady state
         sampler?.Reset();
         long requests0 = loop.Completed, bytes0 = GC.GetTotalAllocatedBytes(precise: true);
@@ -42,8 +47,8 @@ internal static class OverheadProbe
         double bytes = GC.GetTotalAllocatedBytes(precise: true) - bytes0;
         double items = ThreadPool.CompletedWorkItemCount - items0, locks = Monitor.LockContentionCount - locks0;
         loop.DisposeAsync().AsTask().GetAwaiter().GetResult();
-        Console.WriteLine($"{method} C={callers}: {requests / watch.Elapsed.TotalSeconds:N0} requests/s, {watch.Elapsed.TotalMilliseconds * 1e6 / requests:N0} ns/request, {cpu.TotalMilliseconds * 1e6 / requests:N0} CPU ns/request, " +
-            $"{bytes / requests:0.00} B/request, {items / requests:0.000} work items/request, {locks / requests:0.0000} lock contentions/request, {GC.CollectionCount(0) - gen0} gen0 GCs, mean batch {(batches == 0 ? 0 : (double)batchItems / batches):0.0}");
+        Console.WriteLine($"{method} C={callers}: {requests / watch.Elapsed.TotalSeconds:N0} {unit}s/s, {watch.Elapsed.TotalMilliseconds * 1e6 / requests:N1} ns/{unit}, {cpu.TotalMilliseconds * 1e6 / requests:N1} CPU ns/{unit}, " +
+            $"{bytes / requests:0.00} B/{unit}, {items / requests:0.000} work items/{unit}, {locks / requests:0.0000} lock contentions/{unit}, {GC.CollectionCount(0) - gen0} gen0 GCs, mean batch {(batches == 0 ? 0 : (double)batchItems / batches):0.0}");
         sampler?.Print(bytes);
         return 0;
     }

@@ -25,44 +25,51 @@ internal static class NoOpHandler
     };
 }
 
-/// <summary>The handler called directly, one request at a time: the floor for added latency.</summary>
-internal sealed class DirectTarget(int callers) : RequestTarget
+/// <summary>The handler called directly, one call of <paramref name="items"/> items at a time: the floor for added latency
+/// (one item) and for the per-item cost of a multi-item call.</summary>
+internal sealed class DirectTarget(int callers, int items = 1) : RequestTarget
 {
-    private readonly int[][] _inputs = [.. Enumerable.Range(0, callers).Select(_ => new int[1])];
-    private readonly int[][] _outputs = [.. Enumerable.Range(0, callers).Select(_ => new int[1])];
+    private readonly int[][] _inputs = [.. Enumerable.Range(0, callers).Select(_ => new int[items])];
+    private readonly int[][] _outputs = [.. Enumerable.Range(0, callers).Select(_ => new int[items])];
+
+    public override int ItemsPerCall => items;
 
     public override ValueTask<int> CallAsync(int caller, int input)
     {
         int[] inputs = _inputs[caller], outputs = _outputs[caller];
-        inputs[0] = input;
+        MultiItem.Fill(inputs, input);
         ValueTask pending = NoOpHandler.Instance(inputs, outputs, CancellationToken.None);
-        return pending.IsCompletedSuccessfully ? new ValueTask<int>(outputs[0]) : AwaitAsync(pending, outputs);
+        return pending.IsCompletedSuccessfully ? new ValueTask<int>(MultiItem.Check(inputs, outputs)) : AwaitAsync(pending, inputs, outputs);
 
-        static async ValueTask<int> AwaitAsync(ValueTask pending, int[] outputs)
+        static async ValueTask<int> AwaitAsync(ValueTask pending, int[] inputs, int[] outputs)
         {
             await pending.ConfigureAwait(false);
-            return outputs[0];
+            return MultiItem.Check(inputs, outputs);
         }
     }
 }
 
-/// <summary>This library; a null policy keeps the default.</summary>
-internal sealed class LibraryTarget(FlushPolicy? policy, bool inlineWhenIdle = false) : RequestTarget
+/// <summary>This library; a null policy keeps the default. With several priority levels, caller i calls at level
+/// i mod <paramref name="priorityLevels"/> (through the <see cref="RequestOptions"/> overload).</summary>
+internal sealed class LibraryTarget(FlushPolicy? policy, bool inlineWhenIdle = false, int priorityLevels = 1) : RequestTarget
 {
-    private readonly IBatchProcessor<int, int> _processor = BatchProcessor.Create(NoOpHandler.Instance, Options(policy, inlineWhenIdle));
+    private readonly IBatchProcessor<int, int> _processor = CreateProcessor(policy, inlineWhenIdle, priorityLevels);
 
-    private static BatchingOptions Options(FlushPolicy? policy, bool inlineWhenIdle)
+    /// <summary>The processor every library target measures: the no-op handler, MaxBatchSize 100, otherwise defaults.</summary>
+    internal static IBatchProcessor<int, int> CreateProcessor(FlushPolicy? policy = null, bool inlineWhenIdle = false, int priorityLevels = 1)
     {
-        var options = new BatchingOptions { MaxBatchSize = OverheadBenchmarks.MaxBatchSize, InlineWhenIdle = inlineWhenIdle };
+        var options = new BatchingOptions { MaxBatchSize = OverheadBenchmarks.MaxBatchSize, InlineWhenIdle = inlineWhenIdle, PriorityLevels = priorityLevels };
         if (policy is not null)
         {
             options.FlushPolicy = policy;
         }
 
-        return options;
+        return BatchProcessor.Create(NoOpHandler.Instance, options);
     }
 
-    public override ValueTask<int> CallAsync(int caller, int input) => _processor.ProcessAsync(input);
+    public override ValueTask<int> CallAsync(int caller, int input) => priorityLevels == 1
+        ? _processor.ProcessAsync(input)
+        : _processor.ProcessAsync(input, new RequestOptions(caller % priorityLevels));
 
     public override ValueTask DisposeAsync() => _processor.DisposeAsync();
 }
