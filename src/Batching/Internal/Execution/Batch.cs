@@ -864,36 +864,15 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
                 return; // cancelled: its buffer is no longer ours to write
             }
 
-            // Consecutive failures for one reason share one exception, so they form one run of ItemFailures.
             Span<TOut> outputs = request.Outputs.Span.Slice(start, length);
-            Exception? runCause = null, runError = null;
-            bool runMissing = false;
-            for (int k = 0; k < length; k++)
+            ReadOnlySpan<TOut> produced = _outputs.AsSpan(slot, length);
+            if (!_isolated && _handlerError is null && (_context.OutputCheck == OutputCheck.None || !AnyMissing(produced)))
             {
-                int s = slot + k;
-                if (ErrorAt(s, out int callSize) is { } error)
-                {
-                    if (runError is null || runMissing || !ReferenceEquals(runCause, error))
-                    {
-                        (runCause, runMissing, runError) = (error, false, _context.HandlerFailure(error, callSize));
-                    }
-
-                    request.AddFailureLocked(start + k, 1, runError);
-                }
-                else if (_context.IsMissing(_outputs[s]))
-                {
-                    if (runError is null || !runMissing)
-                    {
-                        (runCause, runMissing, runError) = (null, true, _context.MissingOutput(s, _count));
-                    }
-
-                    request.AddFailureLocked(start + k, 1, runError);
-                }
-                else
-                {
-                    outputs[k] = _outputs[s];
-                    runError = null;
-                }
+                produced.CopyTo(outputs); // the common case: every output of the part stands
+            }
+            else
+            {
+                RecordPartLocked(request, outputs, slot, start, length);
             }
 
             last = request.EndItemsLocked(length);
@@ -903,6 +882,55 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
         {
             _context.Telemetry.RequestsFinished(request.CompleteCall(_context.Name, inline), 1);
         }
+    }
+
+    /// <summary>Under the request's part lock: writes the part's standing outputs and records its failures as runs
+    /// (consecutive failures for one reason share one exception, so they form one run of ItemFailures).</summary>
+    private void RecordPartLocked(Request<TIn, TOut> request, Span<TOut> outputs, int slot, int start, int length)
+    {
+        // Consecutive failures for one reason share one exception, so they form one run of ItemFailures.
+        Exception? runCause = null, runError = null;
+        bool runMissing = false;
+        for (int k = 0; k < length; k++)
+        {
+            int s = slot + k;
+            if (ErrorAt(s, out int callSize) is { } error)
+            {
+                if (runError is null || runMissing || !ReferenceEquals(runCause, error))
+                {
+                    (runCause, runMissing, runError) = (error, false, _context.HandlerFailure(error, callSize));
+                }
+
+                request.AddFailureLocked(start + k, 1, runError);
+            }
+            else if (_context.IsMissing(_outputs[s]))
+            {
+                if (runError is null || !runMissing)
+                {
+                    (runCause, runMissing, runError) = (null, true, _context.MissingOutput(s, _count));
+                }
+
+                request.AddFailureLocked(start + k, 1, runError);
+            }
+            else
+            {
+                outputs[k] = _outputs[s];
+                runError = null;
+            }
+        }
+    }
+
+    private bool AnyMissing(ReadOnlySpan<TOut> outputs)
+    {
+        foreach (TOut output in outputs)
+        {
+            if (_context.IsMissing(output))
+            {
+                return true;
+            }
+        }
+
+        return false;
     }
 
     private void ArmTimeoutLocked(long now)
