@@ -165,6 +165,19 @@ internal sealed class AdmissionQueue<TIn, TOut>
             return false;
         }
 
+        if (!weighted && _lanes.Length == 1)
+        {
+            // One lane, no weights: the head's admitted items, FIFO (the common case, kept short).
+            ref Lane only = ref _lanes[0];
+            Request<TIn, TOut> first = only.List.Head!;
+            int take = Math.Min(maxItems, first.Admitted);
+            TakeLocked(ref only, first, take);
+            request = first;
+            start = first.NextIndex - take;
+            count = take;
+            return true;
+        }
+
         int lanes = _lanes.Length;
         for (int visited = 0; visited <= lanes; visited++)
         {

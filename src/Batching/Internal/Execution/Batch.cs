@@ -401,6 +401,7 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
         // Claim every caller first, so the outcome counts are recorded before any caller can observe its result, and a
         // caller cancelled from now on is simply too late.
         int parts = _partCount, completed = 0, failed = 0;
+        bool failedWhole = !_isolated && _handlerError is not null;
         for (int j = 0; j < parts; j++)
         {
             Request<TIn, TOut> request = _parts[j];
@@ -416,7 +417,7 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
                 request.ReleaseEngineReference();
                 _parts[j] = null!;
             }
-            else if (ErrorAt(slot, out _) is not null || _context.IsMissing(_outputs[slot]))
+            else if (failedWhole || (_isolated && _slotErrors[slot] is not null) || _context.IsMissing(_outputs[slot]))
             {
                 failed++;
             }
@@ -836,7 +837,19 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
     /// missing output, or its output.</summary>
     private void Deliver(Request<TIn, TOut> request, int slot, bool inline)
     {
-        if (ErrorAt(slot, out int callSize) is { } error)
+        if (_handlerError is null && !_isolated)
+        {
+            // The common case, without the per-slot lookup.
+            if (_context.IsMissing(_outputs[slot]))
+            {
+                request.SetException(_context.MissingOutput(slot, _count), inline);
+            }
+            else
+            {
+                request.SetResult(_outputs[slot], inline);
+            }
+        }
+        else if (ErrorAt(slot, out int callSize) is { } error)
         {
             request.SetException(_context.HandlerFailure(error, callSize), inline);
         }
