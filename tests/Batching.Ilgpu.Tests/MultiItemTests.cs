@@ -28,9 +28,8 @@ public class MultiItemTests
     public async Task A_multi_row_call_writes_each_output_at_its_index_and_matches_single_calls(string path, int rows)
     {
         var random = new Random(rows);
-        float[] weights = RowKernelTests.Weights(random, 5, 3);
-        await using var processor = GpuBatchProcessor.CreateRows<float, DenseRelu>(RowKernelTests.Rows(path, 5, 3, weights), default, Options);
-        ReadOnlyMemory<float>[] inputs = [.. Enumerable.Range(0, rows).Select(_ => (ReadOnlyMemory<float>)Data.Floats(random, 5))];
+        (var created, float[] weights, ReadOnlyMemory<float>[] inputs) = DenseRows(path, random, 5, 3, rows);
+        await using IGpuBatchProcessor<ReadOnlyMemory<float>, float[]> processor = created;
         var outputs = new float[rows][];
         long before = Completed(processor);
 
@@ -77,25 +76,13 @@ public class MultiItemTests
     public async Task A_row_of_the_wrong_width_fails_the_whole_call_naming_its_index_before_anything_is_queued(string path, int bad)
     {
         var random = new Random(bad);
-        float[] weights = RowKernelTests.Weights(random, 4, 2);
-        await using var processor = GpuBatchProcessor.CreateRows<float, DenseRelu>(RowKernelTests.Rows(path, 4, 2, weights), default, Options);
-        ReadOnlyMemory<float>[] inputs = [.. Enumerable.Range(0, (2 * MaxBatchSize) + 2).Select(_ => (ReadOnlyMemory<float>)Data.Floats(random, 4))];
+        (var created, float[] weights, ReadOnlyMemory<float>[] inputs) = DenseRows(path, random, 4, 2, (2 * MaxBatchSize) + 2);
+        await using IGpuBatchProcessor<ReadOnlyMemory<float>, float[]> processor = created;
         inputs[bad] = Data.Floats(random, 5);
         var outputs = new float[inputs.Length][];
-        long before = Completed(processor);
 
-        ValueTask call = processor.ProcessManyAsync(inputs, outputs, NoTimeout);
-
-        // Refused synchronously, on the caller's thread: nothing reached the queue or a device.
-        Assert.True(call.IsFaulted);
-        var error = await Assert.ThrowsAsync<ArgumentException>(() => call.AsTask());
-        Assert.Equal("inputs", error.ParamName);
-        Assert.Contains($"inputs[{bad}]", error.Message, StringComparison.Ordinal);
+        ArgumentException error = await RefusedBeforeQueuingAsync(processor, inputs, outputs, bad);
         Assert.Contains("InputWidth is 4", error.Message, StringComparison.Ordinal);
-        Assert.Contains("Nothing was queued", error.Message, StringComparison.Ordinal);
-        Assert.All(outputs, Assert.Null);
-        Assert.Equal(0, processor.GetLoad().QueuedItems);
-        Assert.Equal(before, Completed(processor));
 
         // The processor still serves, and the same rows without the bad one go through.
         inputs[bad] = Data.Floats(random, 4);
@@ -126,19 +113,8 @@ public class MultiItemTests
         await using var processor = GpuBatchProcessor.Create<float, float, SquarePlus>(default, gpu, Options);
         float[] inputs = Data.Floats(new Random(bad), (2 * MaxBatchSize) + 3);
         inputs[bad] = float.PositiveInfinity;
-        var outputs = new float[inputs.Length];
-        long before = Completed(processor);
-
-        ValueTask call = processor.ProcessManyAsync(inputs, outputs, NoTimeout);
-
-        Assert.True(call.IsFaulted);
-        var error = await Assert.ThrowsAsync<ArgumentException>(() => call.AsTask());
-        Assert.Equal("inputs", error.ParamName);
-        Assert.Contains($"inputs[{bad}]", error.Message, StringComparison.Ordinal);
-        Assert.Contains("Nothing was queued", error.Message, StringComparison.Ordinal);
-        Assert.All(outputs, o => Assert.Equal(0f, o));
-        Assert.Equal(0, processor.GetLoad().QueuedItems);
-        Assert.Equal(before, Completed(processor));
+        ArgumentException error = await RefusedBeforeQueuingAsync(processor, inputs, new float[inputs.Length], bad);
+        Assert.Contains("RejectNonFiniteInputs", error.Message, StringComparison.Ordinal);
     }
 
     [Fact]
@@ -150,6 +126,34 @@ public class MultiItemTests
         var error = await Assert.ThrowsAsync<ArgumentException>(() => processor.ProcessManyAsync(inputs, new float[3][], NoTimeout).AsTask());
         Assert.Equal("outputs", error.ParamName);
         Assert.Equal(0, processor.GetLoad().QueuedItems);
+    }
+
+    /// <summary>A dense-layer row processor on <paramref name="path"/> with random weights, and <paramref name="rows"/> random rows for it.</summary>
+    private static (IGpuBatchProcessor<ReadOnlyMemory<float>, float[]> Processor, float[] Weights, ReadOnlyMemory<float>[] Rows) DenseRows(
+        string path, Random random, int inputWidth, int outputWidth, int rows)
+    {
+        float[] weights = RowKernelTests.Weights(random, inputWidth, outputWidth);
+        ReadOnlyMemory<float>[] inputs = [.. Enumerable.Range(0, rows).Select(_ => (ReadOnlyMemory<float>)Data.Floats(random, inputWidth))];
+        var processor = GpuBatchProcessor.CreateRows<float, DenseRelu>(RowKernelTests.Rows(path, inputWidth, outputWidth, weights), default, Options);
+        return (processor, weights, inputs);
+    }
+
+    /// <summary>Calls with <paramref name="inputs"/>, whose input at <paramref name="bad"/> is bad, and checks that the call
+    /// was refused synchronously, on the caller's thread, naming that index: nothing reached the queue or a device, and
+    /// no output was written.</summary>
+    private static async Task<ArgumentException> RefusedBeforeQueuingAsync<TIn, TOut>(IGpuBatchProcessor<TIn, TOut> processor, TIn[] inputs, TOut[] outputs, int bad)
+    {
+        long before = Completed(processor);
+        ValueTask call = processor.ProcessManyAsync(inputs, outputs, NoTimeout);
+        Assert.True(call.IsFaulted);
+        var error = await Assert.ThrowsAsync<ArgumentException>(() => call.AsTask());
+        Assert.Equal("inputs", error.ParamName);
+        Assert.Contains($"inputs[{bad}]", error.Message, StringComparison.Ordinal);
+        Assert.Contains("Nothing was queued", error.Message, StringComparison.Ordinal);
+        Assert.All(outputs, o => Assert.Equal(default, o));
+        Assert.Equal(0, processor.GetLoad().QueuedItems);
+        Assert.Equal(before, Completed(processor));
+        return error;
     }
 
     private static long Completed(IGpuDiagnostics processor) => processor.GetDevices().Sum(d => d.CompletedBatches);

@@ -18,8 +18,7 @@ public sealed class BackpressureAndCancellationTests
         var random = new Random(11);
 
         float[] first = Reference.RandomFeatures(random);
-        Task<HttpResponseMessage> running = server.InferAsync(first);
-        await model.Entered.Task.WaitAsync(RunningServer.Patience);
+        Task<HttpResponseMessage> running = await model.HoldSlotAsync(server, first);
 
         float[][] queued = [.. Enumerable.Range(0, Capacity).Select(_ => Reference.RandomFeatures(random))];
         Task<HttpResponseMessage>[] waiting = [.. queued.Select(f => server.InferAsync(f))];
@@ -59,11 +58,9 @@ public sealed class BackpressureAndCancellationTests
         var random = new Random(13);
 
         float[] first = Reference.RandomFeatures(random);
-        Task<HttpResponseMessage> running = server.InferAsync(first);
-        await model.Entered.Task.WaitAsync(RunningServer.Patience);
+        Task<HttpResponseMessage> running = await model.HoldSlotAsync(server, first);
 
-        float[] abandoned = Reference.RandomFeatures(random);
-        abandoned[0] = 0.5f; // marks it, so the test can tell whether the model ever saw it
+        float[] abandoned = Reference.Marked(random);
         using var disconnect = new CancellationTokenSource();
         Task<HttpResponseMessage> gone = server.InferAsync(abandoned, cancellationToken: disconnect.Token);
         await server.WaitForMetricAsync("batching_queue_depth", "gated-cancel", 1);
@@ -90,7 +87,7 @@ public sealed class BackpressureAndCancellationTests
         }
 
         Assert.Equal([1, 1], model.BatchSizes);
-        Assert.DoesNotContain(model.Seen, row => row[0] == 0.5f);
+        Assert.DoesNotContain(model.Seen, row => row[0] == Reference.MarkValue);
     }
 
     private static Task<RunningServer> StartAsync(string name, GatedModel model) => model.StartServerAsync(name, Capacity);

@@ -204,6 +204,23 @@ public sealed class InferenceServiceTests(ServerFixture fixture) : IClassFixture
     }
 
     [Fact]
+    public async Task Numbers_written_as_strings_are_read_as_before_in_both_shapes()
+    {
+        // The web defaults read "0.5" as 0.5; the one-or-many features field keeps that.
+        float[] features = Reference.RandomFeatures(new Random(43));
+        string[] quoted = [.. features.Select(f => f.ToString("R", System.Globalization.CultureInfo.InvariantCulture))];
+        using (HttpResponseMessage one = await _server.PostAsync(new { features = quoted }))
+        {
+            Reference.AssertClose(Reference.Dense(features), await Reference.OutputsAsync(one));
+        }
+
+        using HttpResponseMessage many = await _server.PostAsync(new { features = new[] { quoted, quoted } });
+        float[][] outputs = await Reference.ManyOutputsAsync(many);
+        Assert.Equal(2, outputs.Length);
+        Reference.AssertClose(Reference.Dense(features), outputs[1]);
+    }
+
+    [Fact]
     public async Task Every_response_of_both_endpoints_carries_the_load_header()
     {
         float[] features = Reference.RandomFeatures(new Random(23));

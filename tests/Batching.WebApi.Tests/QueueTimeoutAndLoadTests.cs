@@ -18,11 +18,9 @@ public sealed class QueueTimeoutAndLoadTests
         await using RunningServer server = await model.StartServerAsync("gated-timeout", maxBatchSize: 8, priorityLevels: 2);
         var random = new Random(29);
         float[] first = Reference.RandomFeatures(random);
-        Task<HttpResponseMessage> running = server.InferAsync(first);
-        await model.Entered.Task.WaitAsync(RunningServer.Patience);
+        Task<HttpResponseMessage> running = await model.HoldSlotAsync(server, first);
 
-        float[] late = Reference.RandomFeatures(random);
-        late[0] = 0.5f; // marks it, so the test can tell whether the model ever saw it
+        float[] late = Reference.Marked(random);
         // The gate stays shut until the answer is in: the item can only have left the queue by expiring.
         using (HttpResponseMessage response = await server.PostAsync(new { features = late, priority = 1, timeout_ms = 50 }).WaitAsync(RunningServer.Patience))
         {
@@ -43,7 +41,7 @@ public sealed class QueueTimeoutAndLoadTests
         }
 
         Assert.Equal([1], model.BatchSizes);
-        Assert.DoesNotContain(model.Seen, row => row[0] == 0.5f);
+        Assert.DoesNotContain(model.Seen, row => row[0] == Reference.MarkValue);
     }
 
     [Fact]
@@ -52,8 +50,7 @@ public sealed class QueueTimeoutAndLoadTests
         var model = new GatedModel();
         await using RunningServer server = await model.StartServerAsync("gated-timeout-many", maxBatchSize: 8);
         var random = new Random(31);
-        Task<HttpResponseMessage> running = server.InferAsync(Reference.RandomFeatures(random));
-        await model.Entered.Task.WaitAsync(RunningServer.Patience);
+        Task<HttpResponseMessage> running = await model.HoldSlotAsync(server, Reference.RandomFeatures(random));
 
         float[][] vectors = [Reference.RandomFeatures(random), Reference.RandomFeatures(random), Reference.RandomFeatures(random)];
         using (HttpResponseMessage response = await server.PostAsync(new { features = vectors, timeout_ms = 50 }).WaitAsync(RunningServer.Patience))
@@ -107,8 +104,7 @@ public sealed class QueueTimeoutAndLoadTests
         await using RunningServer server = await model.StartServerAsync("gated-load", maxBatchSize: Capacity, priorityLevels: 2);
         var processor = server.Services.GetRequiredService<IBatchProcessor<ReadOnlyMemory<float>, float[]>>();
         var random = new Random(41);
-        Task<HttpResponseMessage> running = server.InferAsync(Reference.RandomFeatures(random));
-        await model.Entered.Task.WaitAsync(RunningServer.Patience);
+        Task<HttpResponseMessage> running = await model.HoldSlotAsync(server, Reference.RandomFeatures(random));
 
         // Three bulk vectors in one request, two urgent ones in two: five queued behind the running batch.
         float[][] bulk = [Reference.RandomFeatures(random), Reference.RandomFeatures(random), Reference.RandomFeatures(random)];

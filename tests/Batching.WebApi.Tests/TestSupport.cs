@@ -144,6 +144,17 @@ internal static class Reference
     public static float[] RandomFeatures(Random random) =>
         [.. Enumerable.Range(0, Model.InputWidth).Select(_ => (float)((random.NextDouble() * 2) - 1))];
 
+    /// <summary>Random features whose first value is 0.5, so a test can tell whether the model ever saw them
+    /// (<see cref="GatedModel.Seen"/>).</summary>
+    public static float[] Marked(Random random)
+    {
+        float[] features = RandomFeatures(random);
+        features[0] = MarkValue;
+        return features;
+    }
+
+    public const float MarkValue = 0.5f;
+
     public static void AssertClose(float[] expected, float[] actual)
     {
         Assert.Equal(expected.Length, actual.Length);
@@ -224,6 +235,14 @@ internal sealed class GatedModel
     public float[][] Seen => [.. _seen];
 
     public void Open() => _gate.TrySetResult();
+
+    /// <summary>Sends <paramref name="features"/> and waits until its batch holds the only slot; returns its response.</summary>
+    public async Task<Task<HttpResponseMessage>> HoldSlotAsync(RunningServer server, float[] features)
+    {
+        Task<HttpResponseMessage> running = server.InferAsync(features);
+        await Entered.Task.WaitAsync(RunningServer.Patience);
+        return running;
+    }
 
     /// <summary>The sample with this model as its batched processor (one slot, Reject mode, no delay).</summary>
     public Task<RunningServer> StartServerAsync(string name, int maxBatchSize, int? queueCapacity = null, int priorityLevels = 1) =>
