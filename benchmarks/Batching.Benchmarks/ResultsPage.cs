@@ -31,5 +31,9 @@ internal static class ResultsPage
         return path;
     }
 
+    /// <summary>The page's "Targets" section: the PASS/FAIL lines as one code block, between blank lines.</summary>
+    public static StringBuilder AppendTargets(this StringBuilder page, string checks) =>
+        page.AppendLine().AppendLine("## Targets").AppendLine().AppendLine("```").Append(checks).AppendLine("```").AppendLine();
+
     public static string Line(bool pass, string text) => $"{(pass ? "PASS" : "FAIL")} {text}";
 }

@@ -26,13 +26,7 @@ internal static class CurveReport
             .AppendLine("- Simulated device: a batch of n takes a + b·n, completed by a spinning driver thread to within about a microsecond; like a GPU, no host thread is busy while it runs. One batch at a time (MaxConcurrentBatches 1).")
             .AppendLine(inv, $"- Processor: MaxBatchSize {CurveSweep.MaxBatchSize}, MaxDelay 1 ms, QueueCapacity {CurveSweep.QueueCapacity}, QueueFullMode.Reject (overload shows as rejections instead of blocking the open loop). Policies: `size` = FlushPolicy.Size(32, 64), `deadline` = FlushPolicy.Deadline, `adaptive` = FlushPolicy.Adaptive() with defaults, `none` = the same processor with **MaxBatchSize 1** (no batching, same queue).")
             .AppendLine("- Load % is of the device's capacity with full batches: MaxBatchSize / (a + b·MaxBatchSize). Achieved = completions inside the measured window per second. Ideal p99 = an ideal zero-overhead greedy batcher (or FIFO server for `none`) simulated on the same arrivals. Gen lag = how late the driver issued arrivals (its own health; latencies include it). Unfinished = requests still queued 2 s after the last arrival (only overloaded runs); they enter the percentiles with their latency so far, so those percentiles are lower bounds. Alloc MB/s and Gen0 GCs cover the whole process during the point (processor and load generator).")
-            .AppendLine()
-            .AppendLine("## Targets")
-            .AppendLine()
-            .AppendLine("```")
-            .Append(checks)
-            .AppendLine("```")
-            .AppendLine();
+            .AppendTargets(checks);
 
         foreach (DeviceProfile profile in settings.Profiles)
         {

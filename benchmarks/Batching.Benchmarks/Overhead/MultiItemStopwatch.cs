@@ -57,13 +57,7 @@ internal static class MultiItemStopwatch
             .AppendLine(CultureInfo.InvariantCulture, $"- {rounds} rounds; each round runs every target at each C once for {seconds:0.#} s after a {seconds / 4:0.##} s warm-up, the starting target rotating per round. The table and the targets use the medians over the rounds.")
             .AppendLine()
             .AppendLine(MultiItemReport.Setup)
-            .AppendLine()
-            .AppendLine("## Targets")
-            .AppendLine()
-            .AppendLine("```")
-            .Append(checks)
-            .AppendLine("```")
-            .AppendLine();
+            .AppendTargets(checks);
         foreach (int callers in callerCounts)
         {
             page.AppendLine(CultureInfo.InvariantCulture,

@@ -27,26 +27,9 @@ internal static class NoOpHandler
 
 /// <summary>The handler called directly, one call of <paramref name="items"/> items at a time: the floor for added latency
 /// (one item) and for the per-item cost of a multi-item call.</summary>
-internal sealed class DirectTarget(int callers, int items = 1) : RequestTarget
+internal sealed class DirectTarget(int callers, int items = 1) : BufferedItemsTarget(callers, items)
 {
-    private readonly int[][] _inputs = [.. Enumerable.Range(0, callers).Select(_ => new int[items])];
-    private readonly int[][] _outputs = [.. Enumerable.Range(0, callers).Select(_ => new int[items])];
-
-    public override int ItemsPerCall => items;
-
-    public override ValueTask<int> CallAsync(int caller, int input)
-    {
-        int[] inputs = _inputs[caller], outputs = _outputs[caller];
-        MultiItem.Fill(inputs, input);
-        ValueTask pending = NoOpHandler.Instance(inputs, outputs, CancellationToken.None);
-        return pending.IsCompletedSuccessfully ? new ValueTask<int>(MultiItem.Check(inputs, outputs)) : AwaitAsync(pending, inputs, outputs);
-
-        static async ValueTask<int> AwaitAsync(ValueTask pending, int[] inputs, int[] outputs)
-        {
-            await pending.ConfigureAwait(false);
-            return MultiItem.Check(inputs, outputs);
-        }
-    }
+    protected override ValueTask RunAsync(int[] inputs, int[] outputs) => NoOpHandler.Instance(inputs, outputs, CancellationToken.None);
 }
 
 /// <summary>This library; a null policy keeps the default. With several priority levels, caller i calls at level

@@ -10,7 +10,7 @@ internal static class PriorityReport
 {
     private const double WaitGrowthBound = 2;
 
-    public static string Check(List<PriorityPoint> points)
+    public static string Check(PrioritySettings settings, List<PriorityPoint> points)
     {
         var inv = CultureInfo.InvariantCulture;
         var text = new StringBuilder();
@@ -25,8 +25,8 @@ internal static class PriorityReport
 
         if (high is not null)
         {
-            text.AppendLine(ResultsPage.Line(high.BothHadWorkShare1 >= PrioritySweep.ConfiguredShare1, string.Create(inv,
-                $"120% load: level 1 received {high.BothHadWorkShare1:P1} of the items dispatched while both levels had work ({high.BothHadWorkBatchPercent:0}% of the batches) >= its configured share {PrioritySweep.ConfiguredShare1:P1} (weights 2:1)? " +
+            text.AppendLine(ResultsPage.Line(high.BothHadWorkShare1 >= settings.ConfiguredShare1, string.Create(inv,
+                $"120% load: level 1 received {high.BothHadWorkShare1:P1} of the items dispatched while both levels had work ({high.BothHadWorkBatchPercent:0}% of the batches) >= its configured share {settings.ConfiguredShare1:P1} (weights {settings.WeightsText})? " +
                 $"[in batches after which both levels still had items queued ({high.ContendedBatchPercent:0}% of the batches), where only the fair share decides: {high.ContendedShare1:P1}; over all batches: {high.Level(1).Share:P1}]")));
         }
 
@@ -51,23 +51,17 @@ internal static class PriorityReport
         DeviceProfile device = settings.Device;
         string png = settings.Quick ? "priority-quick.png" : "priority.png";
         Directory.CreateDirectory(directory);
-        Plot(points, device, Path.Combine(directory, png));
+        Plot(points, device, settings.WeightsText, Path.Combine(directory, png));
         StringBuilder md = ResultsPage.Start("Priority under overload: queue wait and share per priority level", command, settings.Quick, took)
             .AppendLine()
             .AppendLine("Setup:")
             .AppendLine(inv, $"- Open-loop Poisson arrivals (seeded, seed {PrioritySweep.Seed} + load index: both configurations see the same arrivals at a load), each arrival at priority 0 or 1 with probability 1/2 (seeded): 50/50 offered load. {settings.WarmUp.TotalSeconds:0.#} s warm-up, then {settings.Measure.TotalSeconds:0.#} s measured; a point's waits are those of the arrivals in the measured window.")
             .AppendLine(inv, $"- Simulated device: a batch of n takes a + b·n with a = {device.FixedMicroseconds} µs, b = {device.PerItemMicroseconds} µs (a full batch of {PrioritySweep.MaxBatchSize}: {device.ServiceMicroseconds(PrioritySweep.MaxBatchSize) / 1000:0.#} ms), completed by the load generator's spinning thread; capacity {device.CapacityPerSecond:N0} items/s with full batches. Load % is of that capacity.")
-            .AppendLine(inv, $"- Processor: default flush policy (Adaptive), MaxBatchSize {PrioritySweep.MaxBatchSize}, QueueCapacity {PrioritySweep.QueueCapacity:N0} (ten full batches), **QueueFullMode.Wait** (overload shows as callers waiting for space; nothing is rejected), MaxConcurrentBatches 1. `priority` = PriorityLevels 2 with the default weights 2:1 (level 1's share while both levels have work: 1/3); `fifo` = PriorityLevels 1, the same arrivals in one FIFO (its level rows are the same arrivals' classes, for comparison).")
+            .AppendLine(inv, $"- Processor: default flush policy (Adaptive), MaxBatchSize {PrioritySweep.MaxBatchSize}, QueueCapacity {settings.QueueCapacity:N0}{(settings.QueueCapacity == PrioritySweep.DefaultQueueCapacity ? " (ten full batches)" : "")}, **QueueFullMode.Wait** (overload shows as callers waiting for space; nothing is rejected), MaxConcurrentBatches 1. `priority` = PriorityLevels 2 with weights {settings.WeightsText} (level 1's share while both levels have work: {settings.ConfiguredShare1:P1}); `fifo` = PriorityLevels 1, the same arrivals in one FIFO (its level rows are the same arrivals' classes, for comparison).")
             .AppendLine("- **Queue wait** = from the *scheduled* arrival to the start of the item's batch, timed in the handler (it includes waiting for queue space). Recorded in HdrHistogram. Items still undispatched when the drain limit ran out enter with their wait so far (a lower bound, flagged).")
-            .AppendLine("- **Share** = the level's part of the items dispatched in the measured window. *While both had work* counts only batches formed while both levels had queued items (the batch's items plus what `GetLoad()` shows still queued at the batch's start); *contended* only batches after which both levels still had items queued, where the composition is the fair share's alone.")
+            .AppendLine("- **Share** = the level's part of the items dispatched in the measured window. *While both had work* counts only batches formed while both levels had queued items (the batch's items plus what `GetLoad()` shows still queued at the batch's start); *contended* only batches after which both levels still had items queued, where the composition is the fair share's alone. Gen lag = how late the load generator issued arrivals (its own health; waits include it); GCs and GC pauses cover the whole process during the point.")
             .AppendLine("- Under overload the backlog of whatever is not served grows for the whole run (level 1 with priorities, everything with FIFO), so those waits grow with the run's length; level 0's should not.")
-            .AppendLine()
-            .AppendLine("## Targets")
-            .AppendLine()
-            .AppendLine("```")
-            .Append(checks)
-            .AppendLine("```")
-            .AppendLine()
+            .AppendTargets(checks)
             .AppendLine(inv, $"![Queue wait per priority level against offered load]({png})")
             .AppendLine()
             .AppendLine("## Queue wait per level")
@@ -85,11 +79,11 @@ internal static class PriorityReport
         md.AppendLine()
             .AppendLine("## Fair share and device")
             .AppendLine()
-            .AppendLine("| Config | Load | Level 1 share while both had work | Batches with both at work | Level 1 share, contended | Contended batches | Mean batch | Device busy | Gen lag p99 µs | Failed |")
-            .AppendLine("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+            .AppendLine("| Config | Load | Level 1 share while both had work | Batches with both at work | Level 1 share, contended | Contended batches | Mean batch | Device busy | Gen lag p99 µs | GCs gen0 / 1 / 2 | GC pauses | Failed |")
+            .AppendLine("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
         foreach (PriorityPoint p in points.OrderBy(p => p.Config, StringComparer.Ordinal).ThenBy(p => p.LoadPercent))
         {
-            md.AppendLine(inv, $"| {p.Config} | {p.LoadPercent:0}% | {Percent(p.BothHadWorkShare1)} | {Percent(p.BothHadWorkBatchPercent / 100)} | {Percent(p.ContendedShare1)} | {Percent(p.ContendedBatchPercent / 100)} | {p.MeanBatch:0.0} | {p.DeviceBusyPercent:0}% | {p.IssueLagP99Us:N0} | {p.Failed} |");
+            md.AppendLine(inv, $"| {p.Config} | {p.LoadPercent:0}% | {Percent(p.BothHadWorkShare1)} | {Percent(p.BothHadWorkBatchPercent / 100)} | {Percent(p.ContendedShare1)} | {Percent(p.ContendedBatchPercent / 100)} | {p.MeanBatch:0.0} | {p.DeviceBusyPercent:0}% | {p.IssueLagP99Us:N0} | {p.Collections} | {p.GcPauseMs:N0} ms | {p.Failed} |");
         }
 
         ResultsPage.Write(md, directory, "priority", settings.Quick);
@@ -97,7 +91,7 @@ internal static class PriorityReport
     }
 
     /// <summary>Queue wait (log scale) against offered load: blue = level 0, orange = level 1, grey = strict FIFO; solid = p99, dashed = p50.</summary>
-    private static void Plot(List<PriorityPoint> points, DeviceProfile device, string path)
+    private static void Plot(List<PriorityPoint> points, DeviceProfile device, string weights, string path)
     {
         var plot = new Plot();
         (string Config, int Level, string Name, Color Color)[] series =
@@ -130,7 +124,7 @@ internal static class PriorityReport
 
         CurveReport.UseLogAxis(plot);
         plot.Title(string.Create(CultureInfo.InvariantCulture,
-            $"Two priority levels (weights 2:1), 50/50 offered load; batch of n takes {device.FixedMicroseconds} + {device.PerItemMicroseconds}·n µs; QueueFullMode.Wait"));
+            $"Two levels, weights {weights}, 50/50 load; batch of n: {device.FixedMicroseconds} + {device.PerItemMicroseconds}·n µs"));
         plot.XLabel("Offered load (% of capacity with full batches), Poisson arrivals");
         plot.YLabel("Queue wait (arrival to batch start), ms (log scale)");
         plot.ShowLegend(Edge.Right);

@@ -5,19 +5,32 @@ using HdrHistogram;
 
 namespace Batching.Benchmarks.Priority;
 
-internal sealed record PrioritySettings(DeviceProfile Device, double[] LoadPercents, TimeSpan WarmUp, TimeSpan Measure, TimeSpan DrainLimit, bool Quick);
+/// <param name="Weights">BatchingOptions.PriorityWeights of the two-level processor; null keeps the default (2:1).</param>
+/// <param name="QueueCapacity">BatchingOptions.QueueCapacity of both processors.</param>
+internal sealed record PrioritySettings(DeviceProfile Device, double[] LoadPercents, TimeSpan WarmUp, TimeSpan Measure, TimeSpan DrainLimit, bool Quick,
+    int[]? Weights = null, int QueueCapacity = PrioritySweep.DefaultQueueCapacity)
+{
+    private int Weight0 => Weights?[0] ?? 2;
+
+    private int Weight1 => Weights?[1] ?? 1;
+
+    /// <summary>Level 1's configured share while both levels have work: its weight over the sum (1/3 with the default 2:1).</summary>
+    public double ConfiguredShare1 => (double)Weight1 / (Weight0 + Weight1);
+
+    public string WeightsText => $"{Weight0}:{Weight1}{(Weights is null ? " (the default)" : "")}";
+}
 
 /// <summary>Queue wait of one priority level (or of every arrival, <see cref="Level"/> -1) at one point.</summary>
 internal sealed record LevelWait(int Level, double OfferedPerSecond, double DispatchedPerSecond, double Share,
     double P50Us, double P99Us, double P999Us, long Measured, long Undispatched);
 
-/// <summary>One measured point: a configuration ("priority": two levels, weights 2:1; "fifo": one level) at one load.</summary>
+/// <summary>One measured point: a configuration ("priority": two levels; "fifo": one level) at one load.</summary>
 /// <param name="BothHadWorkShare1">Level 1's share of the items dispatched in batches formed while both levels had work.</param>
 /// <param name="ContendedShare1">Level 1's share of the items dispatched in batches after which both levels still had
 /// items queued: the batches whose composition the fair share alone decided.</param>
 internal sealed record PriorityPoint(string Config, double LoadPercent, LevelWait[] Levels,
     double BothHadWorkShare1, double BothHadWorkBatchPercent, double ContendedShare1, double ContendedBatchPercent,
-    double MeanBatch, double DeviceBusyPercent, double IssueLagP99Us, long Failed)
+    double MeanBatch, double DeviceBusyPercent, double IssueLagP99Us, long Failed, string Collections, double GcPauseMs)
 {
     public LevelWait Level(int level) => Levels.First(l => l.Level == level);
 }
@@ -34,7 +47,7 @@ internal static class PrioritySweep
     public const int MaxBatchSize = CurveSweep.MaxBatchSize;
 
     /// <summary>Ten full batches, 20 ms of device work: overload shows as callers waiting for space, not as a deep queue.</summary>
-    public const int QueueCapacity = 1_000;
+    public const int DefaultQueueCapacity = 1_000;
 
     public const int Seed = 20_261_210;
 
@@ -47,9 +60,6 @@ internal static class PrioritySweep
 
     public static readonly PrioritySettings Quick = new(Device, [60, 120],
         TimeSpan.FromMilliseconds(200), TimeSpan.FromSeconds(1), TimeSpan.FromSeconds(1), Quick: true);
-
-    /// <summary>Level 1's configured share while both levels have work: weight 1 of 2 + 1 (the default weights 2:1).</summary>
-    public static double ConfiguredShare1 => 1.0 / 3;
 
     public static int Run(string[] args, string command)
     {
@@ -69,6 +79,18 @@ internal static class PrioritySweep
             settings = settings with { WarmUp = TimeSpan.FromSeconds(double.Parse(warmUp, CultureInfo.InvariantCulture)) };
         }
 
+        if (Program.OptionValue(args, "--weights") is { } weights)
+        {
+            // For investigation, e.g. --weights 4,1: a larger share for level 0.
+            settings = settings with { Weights = [.. weights.Split(',').Select(w => int.Parse(w, CultureInfo.InvariantCulture))] };
+        }
+
+        if (Program.OptionValue(args, "--capacity") is { } capacity)
+        {
+            // For investigation: a queue too large to fill never makes a caller wait for space.
+            settings = settings with { QueueCapacity = int.Parse(capacity, CultureInfo.InvariantCulture) };
+        }
+
         string output = Program.OptionValue(args, "--out") ?? Paths.Results;
         var total = Stopwatch.StartNew();
         var points = new List<PriorityPoint>();
@@ -83,7 +105,7 @@ internal static class PrioritySweep
         }
 
         total.Stop();
-        string checks = PriorityReport.Check(points);
+        string checks = PriorityReport.Check(settings, points);
         Console.WriteLine();
         Console.WriteLine("Priority targets (issue 10; reported, never asserted):");
         Console.Write(checks);
@@ -102,17 +124,18 @@ internal static class PrioritySweep
 
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
             $"{p.Config,-8} load {p.LoadPercent,5:0}%  level 1 share while both had work {p.BothHadWorkShare1:P1} ({p.BothHadWorkBatchPercent:0}% of batches), contended {p.ContendedShare1:P1} ({p.ContendedBatchPercent:0}% of batches)  " +
-            $"batch {p.MeanBatch:0.0}  device busy {p.DeviceBusyPercent:0}%  lag p99 {p.IssueLagP99Us:N0} us  failed {p.Failed}"));
+            $"batch {p.MeanBatch:0.0}  device busy {p.DeviceBusyPercent:0}%  lag p99 {p.IssueLagP99Us:N0} us  GCs {p.Collections} (paused {p.GcPauseMs:N0} ms)  failed {p.Failed}"));
     }
 
-    private static BatchingOptions Options(string config) => new()
+    private static BatchingOptions Options(string config, PrioritySettings settings) => new()
     {
         MaxBatchSize = MaxBatchSize,
-        QueueCapacity = QueueCapacity,
+        QueueCapacity = settings.QueueCapacity,
         QueueFullMode = QueueFullMode.Wait,
         MaxConcurrentBatches = 1,
         ShutdownTimeout = TimeSpan.Zero,
-        PriorityLevels = config == "priority" ? 2 : 1, // default weights: 2:1
+        PriorityLevels = config == "priority" ? 2 : 1,
+        PriorityWeights = config == "priority" ? settings.Weights : null,
     };
 
     private static PriorityPoint Measure(PrioritySettings settings, string config, double load, int seed)
@@ -162,10 +185,14 @@ internal static class PrioritySweep
             return device.RunAsync(source.Length);
         };
 
-        processor = BatchProcessor.Create(handler, Options(config));
+        processor = BatchProcessor.Create(handler, Options(config, settings));
         var completions = new long[count];
         var driver = new OpenLoopDriver(processor, device, schedule, count, completions, config == "priority" ? levels : null);
+        int[] collections0 = [GC.CollectionCount(0), GC.CollectionCount(1), GC.CollectionCount(2)];
+        TimeSpan paused0 = GC.GetTotalPauseDuration();
         driver.Run(settings.DrainLimit, from, until);
+        string collections = string.Join(" / ", Enumerable.Range(0, 3).Select(g => GC.CollectionCount(g) - collections0[g]));
+        double pausedMs = (GC.GetTotalPauseDuration() - paused0).TotalMilliseconds;
         long cutoff = Stopwatch.GetTimestamp();
         long failed = completions.Count(c => c is OpenLoopDriver.Failed or OpenLoopDriver.Rejected); // before shutdown fails the rest
         dispatched = (long[])dispatched.Clone(); // whatever shutdown does must not touch the measured timestamps
@@ -203,7 +230,7 @@ internal static class PrioritySweep
             Share(stats.ContendedItems0, stats.ContendedItems1), Percent(stats.ContendedBatches, stats.Batches),
             stats.Batches == 0 ? 0 : (double)items[2] / stats.Batches,
             device.BusyTicks / (measure * Stopwatch.Frequency) * 100,
-            driver.IssueLag.GetValueAtPercentile(99) / 1000.0, failed);
+            driver.IssueLag.GetValueAtPercentile(99) / 1000.0, failed, collections, pausedMs);
     }
 
     private static double Share(long items0, long items1) => items0 + items1 == 0 ? double.NaN : (double)items1 / (items0 + items1);
