@@ -65,7 +65,9 @@ public interface IBatchProcessor<TIn, TOut> : IAsyncDisposable
     /// <exception cref="BatchExecutionException">Some items failed (the handler threw for their batch, left their output
     /// unwritten, their batch timed out, or they expired in the queue while others ran): <see cref="BatchExecutionException.ItemFailures"/>
     /// says which input indexes failed and why. The outputs of the items that succeeded are written.</exception>
-    /// <exception cref="TimeoutException">Every item was still queued when <see cref="RequestOptions.Timeout"/> expired.</exception>
+    /// <exception cref="TimeoutException">Every item failed for one timeout: all were still queued when <see cref="RequestOptions.Timeout"/>
+    /// expired, or all ran in one batch that passed <see cref="BatchingOptions.ExecutionTimeout"/>. (Items failed by several
+    /// timeouts or causes give <see cref="BatchExecutionException"/>; the same holds for <see cref="ObjectDisposedException"/> at shutdown.)</exception>
     /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled before every output was ready.</exception>
     /// <exception cref="ObjectDisposedException">The processor was disposed before any item could run.</exception>
     ValueTask ProcessManyAsync(ReadOnlyMemory<TIn> inputs, Memory<TOut> outputs, RequestOptions options = default, CancellationToken cancellationToken = default);

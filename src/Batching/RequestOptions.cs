@@ -40,7 +40,7 @@ public readonly record struct RequestOptions
     /// <see cref="BatchingOptions.ExecutionTimeout"/>). Measured on the processor's <see cref="TimeProvider"/>.
     /// </summary>
     /// <value>Default: <see cref="System.Threading.Timeout.InfiniteTimeSpan"/> (no timeout). Allowed: <see cref="TimeSpan.Zero"/>
-    /// (fails unless dispatched at once: never queued) or more, or <see cref="System.Threading.Timeout.InfiniteTimeSpan"/>.</value>
+    /// (the call fails at once with <see cref="TimeoutException"/>, never queued) or more, or <see cref="System.Threading.Timeout.InfiniteTimeSpan"/>.</value>
     public TimeSpan Timeout
     {
         get => new(_timeoutBits ^ InfiniteTicks);

@@ -196,8 +196,9 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
             return ValueTask.FromException<TOut>(badWeight);
         }
 
-        // A caller resumed inline by one of this processor's batches calls again at once: it shares the resume loop's reading.
-        long now = ResumeClock.TryGet(this, out long cached) ? cached : _time.GetTimestamp();
+        // A caller resumed inline by one of this processor's batches calls again at once: it shares the resume loop's
+        // reading, which may be a little old. Not with a queue timeout: an old arrival would expire it early.
+        long now = timeout == Timeout.InfiniteTimeSpan && ResumeClock.TryGet(this, out long cached) ? cached : _time.GetTimestamp();
         long deadline = timeout == Timeout.InfiniteTimeSpan ? Timestamps.Never : Timestamps.Add(now, timeout, _time.TimestampFrequency);
         ActivityContext callerActivity = ProcessorTelemetry.Source.HasListeners() && Activity.Current is { } caller ? caller.Context : default;
         Request<TIn, TOut>? request = null;
@@ -285,7 +286,7 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
             return ValueTask.FromException(badWeight);
         }
 
-        long now = ResumeClock.TryGet(this, out long cached) ? cached : _time.GetTimestamp();
+        long now = options.Timeout == Timeout.InfiniteTimeSpan && ResumeClock.TryGet(this, out long cached) ? cached : _time.GetTimestamp();
         long deadline = options.Timeout == Timeout.InfiniteTimeSpan ? Timestamps.Never : Timestamps.Add(now, options.Timeout, _time.TimestampFrequency);
         ActivityContext callerActivity = ProcessorTelemetry.Source.HasListeners() && Activity.Current is { } caller ? caller.Context : default;
         Request<TIn, TOut>? request = null;

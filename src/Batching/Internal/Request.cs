@@ -261,7 +261,22 @@ internal sealed class Request<TIn, TOut> : ConsumeOnceValueTaskSource<TOut>, IVa
             return only is TimeoutException ? Diagnostics.Outcomes.Expired : Diagnostics.Outcomes.Failed;
         }
 
-        BatchItemFailure[] list = [.. failures];
+        // Parts complete in any order (several slots, expiry, shutdown): report in index order, adjacent runs of one cause merged.
+        failures.Sort(static (a, b) => a.StartIndex.CompareTo(b.StartIndex));
+        var merged = new List<BatchItemFailure>(failures.Count);
+        foreach (BatchItemFailure failure in failures)
+        {
+            if (merged.Count > 0 && merged[^1] is var last && ReferenceEquals(last.Error, failure.Error) && last.StartIndex + last.Count == failure.StartIndex)
+            {
+                merged[^1] = last with { Count = last.Count + failure.Count };
+            }
+            else
+            {
+                merged.Add(failure);
+            }
+        }
+
+        BatchItemFailure[] list = [.. merged];
         int failed = 0;
         var message = new System.Text.StringBuilder();
         foreach (BatchItemFailure failure in list)

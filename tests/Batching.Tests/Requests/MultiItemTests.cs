@@ -155,6 +155,20 @@ public class MultiItemTests
     }
 
     [Fact]
+    public async Task Failures_of_parts_that_complete_out_of_order_are_reported_in_index_order()
+    {
+        await using var processor = BatchProcessor.Create<int, int>(async (inputs, _, _) =>
+        {
+            await Task.Delay(inputs.Span[0] == 0 ? 200 : 10);
+            throw new InvalidOperationException("boom");
+        }, new BatchingOptions { MaxBatchSize = 3, MaxConcurrentBatches = 2 });
+
+        var error = await Assert.ThrowsAsync<BatchExecutionException>(() => processor.ProcessManyAsync(new[] { 0, 1, 2, 3, 4, 5 }, new int[6]).AsTask().WithinBoundAsync());
+
+        Assert.Equal([(0, 3), (3, 3)], error.ItemFailures.Select(f => (f.StartIndex, f.Count)));
+    }
+
+    [Fact]
     public async Task With_poison_isolation_only_the_poisoned_items_of_a_call_fail()
     {
         var (engine, handler, gate, first) = await StartBlockedAsync(maxBatchSize: 8, poisonIsolationDepth: 4);

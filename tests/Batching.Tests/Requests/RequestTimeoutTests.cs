@@ -184,6 +184,18 @@ public class RequestTimeoutTests
     }
 
     [Fact]
+    public async Task A_caller_resumed_inline_that_works_a_while_before_calling_again_gets_its_full_timeout()
+    {
+        await using var processor = BatchProcessor.Create(new RecordingHandler().Handler, new BatchingOptions { MaxBatchSize = 4 });
+        for (int round = 0; round < 5; round++)
+        {
+            await processor.ProcessAsync(round); // resumed inline by its batch
+            Thread.Sleep(30); // synchronous work past the timeout below, on the resumed thread
+            Assert.Equal(3, await processor.ProcessAsync(1, new RequestOptions(0, TimeSpan.FromMilliseconds(20))).WithinBoundAsync());
+        }
+    }
+
+    [Fact]
     public void RequestOptions_default_means_priority_0_and_no_timeout()
     {
         Assert.Equal(0, default(RequestOptions).Priority);
