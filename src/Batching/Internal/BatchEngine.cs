@@ -196,11 +196,8 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
             return ValueTask.FromException<TOut>(badWeight);
         }
 
-        // A caller resumed inline by one of this processor's batches calls again at once: it shares the resume loop's
-        // reading, which may be a little old. Not with a queue timeout: an old arrival would expire it early.
-        long now = timeout == Timeout.InfiniteTimeSpan && ResumeClock.TryGet(this, out long cached) ? cached : _time.GetTimestamp();
-        long deadline = timeout == Timeout.InfiniteTimeSpan ? Timestamps.Never : Timestamps.Add(now, timeout, _time.TimestampFrequency);
-        ActivityContext callerActivity = ProcessorTelemetry.Source.HasListeners() && Activity.Current is { } caller ? caller.Context : default;
+        long now = Arrival(timeout, out long deadline);
+        ActivityContext callerActivity = CallerActivity();
         Request<TIn, TOut>? request = null;
         ValueTask<TOut> result = default;
         AdmissionResult admission = AdmissionResult.Rejected;
@@ -286,9 +283,8 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
             return ValueTask.FromException(badWeight);
         }
 
-        long now = options.Timeout == Timeout.InfiniteTimeSpan && ResumeClock.TryGet(this, out long cached) ? cached : _time.GetTimestamp();
-        long deadline = options.Timeout == Timeout.InfiniteTimeSpan ? Timestamps.Never : Timestamps.Add(now, options.Timeout, _time.TimestampFrequency);
-        ActivityContext callerActivity = ProcessorTelemetry.Source.HasListeners() && Activity.Current is { } caller ? caller.Context : default;
+        long now = Arrival(options.Timeout, out long deadline);
+        ActivityContext callerActivity = CallerActivity();
         Request<TIn, TOut>? request = null;
         ValueTask result = default;
         AdmissionResult admission = AdmissionResult.Rejected;
@@ -338,6 +334,26 @@ internal sealed partial class BatchEngine<TIn, TOut> : IBatchProcessor<TIn, TOut
         request!.RegisterCancellation();
         return result;
     }
+
+    /// <summary>When a call arrives, and when its queue timeout expires (<see cref="Timestamps.Never"/> without one). A
+    /// caller resumed inline by one of this processor's batches calls again at once: it shares the resume loop's reading,
+    /// which may be a little old. Not with a queue timeout: an old arrival would expire it early.</summary>
+    private long Arrival(TimeSpan timeout, out long deadline)
+    {
+        if (timeout == Timeout.InfiniteTimeSpan)
+        {
+            deadline = Timestamps.Never;
+            return ResumeClock.TryGet(this, out long cached) ? cached : _time.GetTimestamp();
+        }
+
+        long now = _time.GetTimestamp();
+        deadline = Timestamps.Add(now, timeout, _time.TimestampFrequency);
+        return now;
+    }
+
+    /// <summary>The caller's activity, only while someone traces, for the batch's activity to link to.</summary>
+    private static ActivityContext CallerActivity() =>
+        ProcessorTelemetry.Source.HasListeners() && Activity.Current is { } caller ? caller.Context : default;
 
     /// <summary>What fails a call before it is weighed or queued: a cancelled token, a call from inside this processor's
     /// handler, a zero queue timeout. Counts it.</summary>

@@ -132,15 +132,8 @@ internal sealed class Request<TIn, TOut> : ConsumeOnceValueTaskSource<TOut>, IVa
     {
         Debug.Assert(State == RequestState.Free);
         Input = input;
-        ArrivalTimestamp = arrivalTimestamp;
-        _token = token;
-        _references = 2;
-        Lane = lane;
-        Deadline = deadline;
         Weight = weight;
-        Items = End = 1;
-        NextIndex = 0;
-        Admitted = 0;
+        Begin(1, arrivalTimestamp, token, lane, deadline);
         return new ValueTask<TOut>(this, Token);
     }
 
@@ -151,18 +144,23 @@ internal sealed class Request<TIn, TOut> : ConsumeOnceValueTaskSource<TOut>, IVa
         Inputs = inputs;
         Outputs = outputs;
         Weights = weights;
+        Begin(inputs.Length, arrivalTimestamp, token, lane, deadline);
+        _partSync ??= new Lock();
+        _outstanding = inputs.Length;
+        _finished = false;
+        return new ValueTask(this, Token);
+    }
+
+    private void Begin(int items, long arrivalTimestamp, CancellationToken token, int lane, long deadline)
+    {
         ArrivalTimestamp = arrivalTimestamp;
         _token = token;
         _references = 2;
         Lane = lane;
         Deadline = deadline;
-        Items = End = inputs.Length;
+        Items = End = items;
         NextIndex = 0;
         Admitted = 0;
-        _partSync ??= new Lock();
-        _outstanding = inputs.Length;
-        _finished = false;
-        return new ValueTask(this, Token);
     }
 
     /// <summary>The weight of item <paramref name="index"/> of the call.</summary>
@@ -202,14 +200,7 @@ internal sealed class Request<TIn, TOut> : ConsumeOnceValueTaskSource<TOut>, IVa
     public void AddFailureLocked(int start, int count, Exception error)
     {
         Debug.Assert(_partSync!.IsHeldByCurrentThread && count > 0);
-        List<BatchItemFailure> failures = _failures ??= [];
-        if (failures.Count > 0 && failures[^1] is var last && ReferenceEquals(last.Error, error) && last.StartIndex + last.Count == start)
-        {
-            failures[^1] = last with { Count = last.Count + count };
-            return;
-        }
-
-        failures.Add(new BatchItemFailure(start, count, error));
+        (_failures ??= []).Add(new BatchItemFailure(start, count, error)); // sorted and merged once, by CompleteCall
     }
 
     /// <summary>Under <see cref="PartSync"/>: the outcomes of <paramref name="items"/> more items are recorded.</summary>
@@ -253,14 +244,6 @@ internal sealed class Request<TIn, TOut> : ConsumeOnceValueTaskSource<TOut>, IVa
             return Diagnostics.Outcomes.Completed;
         }
 
-        if (failures.Count == 1 && failures[0].Count == Items && failures[0].Error is not BatchExecutionException)
-        {
-            // One reason for every item (they all expired in the queue, or the processor stopped first): that reason.
-            Exception only = failures[0].Error;
-            Complete(default!, only, inline);
-            return only is TimeoutException ? Diagnostics.Outcomes.Expired : Diagnostics.Outcomes.Failed;
-        }
-
         // Parts complete in any order (several slots, expiry, shutdown): report in index order, adjacent runs of one cause merged.
         failures.Sort(static (a, b) => a.StartIndex.CompareTo(b.StartIndex));
         var merged = new List<BatchItemFailure>(failures.Count);
@@ -274,6 +257,14 @@ internal sealed class Request<TIn, TOut> : ConsumeOnceValueTaskSource<TOut>, IVa
             {
                 merged.Add(failure);
             }
+        }
+
+        if (merged.Count == 1 && merged[0].Count == Items && merged[0].Error is not BatchExecutionException)
+        {
+            // One reason for every item (they all expired in the queue, or the processor stopped first): that reason.
+            Exception only = merged[0].Error;
+            Complete(default!, only, inline);
+            return only is TimeoutException ? Diagnostics.Outcomes.Expired : Diagnostics.Outcomes.Failed;
         }
 
         BatchItemFailure[] list = [.. merged];

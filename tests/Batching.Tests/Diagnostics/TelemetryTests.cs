@@ -80,8 +80,7 @@ public class TelemetryTests
         string name = $"levels-{Guid.NewGuid():N}";
         using var recorder = new Recorder(name);
         var handler = new RecordingHandler();
-        var gate = new TaskCompletionSource();
-        handler.Gate = gate.Task;
+        var gate = handler.Hold();
         await using var processor = BatchProcessor.Create(handler.Handler, new BatchingOptions { Name = name, MaxBatchSize = 2, PriorityLevels = 3 });
         Task<int> first = processor.ProcessAsync(0).AsTask();
         await handler.Started.WaitAsync(Wait.Bound);
@@ -101,8 +100,7 @@ public class TelemetryTests
 
         Assert.Equal([1, 0, 3], depth.OrderBy(m => (int)m.Tags[BatchingTelemetry.PriorityTag]!).Select(m => m.Value));
         Assert.Single(recorder.Values("batching.queue.estimated_wait"));
-        handler.Gate = null;
-        gate.SetResult();
+        handler.Release(gate);
         await Task.WhenAll(queued.Append(first)).WithinBoundAsync();
     }
 
@@ -143,8 +141,7 @@ public class TelemetryTests
         Assert.Equal(4, recorder.Values("batching.queue.depth").Last());
         Assert.Equal(1, recorder.Values("batching.batches.in_flight").Last());
         cts.Cancel();
-        handler.Gate = null;
-        gate.SetResult();
+        handler.Release(gate);
         await Task.WhenAll(blocked.Concat(queued)).WithinBoundAsync();
         await processor.DisposeAsync();
 
@@ -241,8 +238,7 @@ public class TelemetryTests
     public async Task The_health_check_reports_degraded_near_capacity_and_unhealthy_when_disposed()
     {
         var handler = new RecordingHandler();
-        var gate = new TaskCompletionSource();
-        handler.Gate = gate.Task;
+        var gate = handler.Hold();
         var services = new ServiceCollection();
         services.AddBatching()
             .AddKeyedProcessor<int, int>("busy", handler.Handler, o => { o.MaxBatchSize = 1; o.QueueCapacity = 10; o.MaxDelay = TimeSpan.Zero; })
@@ -260,8 +256,7 @@ public class TelemetryTests
         Assert.Contains("near capacity", degraded.Description, StringComparison.Ordinal);
         Assert.Equal(2, degraded.Data.Count);
 
-        handler.Gate = null;
-        gate.SetResult();
+        handler.Release(gate);
         await Task.WhenAll(calls).WithinBoundAsync();
         await busy.DisposeAsync();
         HealthCheckResult unhealthy = await check.CheckHealthAsync(new HealthCheckContext());

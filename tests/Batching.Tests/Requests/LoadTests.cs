@@ -12,8 +12,7 @@ public class LoadTests(ITestOutputHelper output)
     public async Task GetLoad_counts_what_the_processor_holds()
     {
         var handler = new RecordingHandler();
-        var gate = new TaskCompletionSource();
-        handler.Gate = gate.Task;
+        var gate = handler.Hold();
         await using var processor = BatchProcessor.Create(handler.Handler, new BatchingOptions
         {
             MaxBatchSize = 2,
@@ -49,8 +48,7 @@ public class LoadTests(ITestOutputHelper output)
         Assert.Equal(2, health.Data["waiting_for_space"]);
         Assert.True(health.Data.ContainsKey("estimated_wait_ms"));
 
-        handler.Gate = null;
-        gate.SetResult();
+        handler.Release(gate);
         await Task.WhenAll(running.Concat(queued)).WithinBoundAsync();
         await processor.DisposeAsync();
         Assert.False(processor.GetLoad().IsAccepting);

@@ -13,8 +13,7 @@ public class MultiItemTests
         int maxBatchSize, int queueCapacity = 1000, QueueFullMode mode = QueueFullMode.Wait, int poisonIsolationDepth = 0)
     {
         var handler = new RecordingHandler();
-        var gate = new TaskCompletionSource();
-        handler.Gate = gate.Task;
+        var gate = handler.Hold();
         var engine = (BatchEngine<int, int>)BatchProcessor.Create(handler.Handler, new BatchingOptions
         {
             MaxBatchSize = maxBatchSize,
@@ -28,11 +27,6 @@ public class MultiItemTests
         return (engine, handler, gate, first);
     }
 
-    private static void Open(RecordingHandler handler, TaskCompletionSource gate)
-    {
-        handler.Gate = null;
-        gate.SetResult();
-    }
 
     [Fact]
     public async Task Every_output_lands_at_the_index_of_its_input()
@@ -57,7 +51,7 @@ public class MultiItemTests
 
         Task call = engine.ProcessManyAsync(inputs, outputs).AsTask();
         Assert.Equal(10, engine.QueuedItems); // k items count as k
-        Open(handler, gate);
+        handler.Release(gate);
         await call.WithinBoundAsync();
         await first.WithinBoundAsync();
 
@@ -78,7 +72,7 @@ public class MultiItemTests
         Task callB = engine.ProcessManyAsync(new[] { 30, 31, 32, 33 }, b).AsTask();
         Assert.Equal(8, engine.QueuedItems);
 
-        Open(handler, gate);
+        handler.Release(gate);
         await Task.WhenAll(callA, single, callB, first).WithinBoundAsync();
 
         Assert.Equal([21, 23, 25], a);
@@ -102,7 +96,7 @@ public class MultiItemTests
         Task<int> behind = engine.ProcessAsync(50).AsTask(); // waits behind the rest of the call
         Assert.Equal(8, engine.WaitingForSpace);
 
-        Open(handler, gate);
+        handler.Release(gate);
         await Task.WhenAll(call, behind, first).WithinBoundAsync();
         Assert.Equal(Expected(inputs), outputs);
         Assert.Equal([.. inputs, 50], handler.AllInputs.Skip(1));
@@ -126,7 +120,7 @@ public class MultiItemTests
 
         var fits = new int[3];
         Task fitting = engine.ProcessManyAsync(new[] { 4, 5, 6 }, fits).AsTask();
-        Open(handler, gate);
+        handler.Release(gate);
         await Task.WhenAll(queued, fitting, first).WithinBoundAsync();
         Assert.Equal([9, 11, 13], fits);
         Assert.Equal([-1, 7, 4, 5, 6], handler.AllInputs);
@@ -142,7 +136,7 @@ public class MultiItemTests
         var outputs = new int[10];
 
         Task call = engine.ProcessManyAsync(inputs, outputs).AsTask();
-        Open(handler, gate);
+        handler.Release(gate);
         var error = await Assert.ThrowsAsync<BatchExecutionException>(() => call.WithinBoundAsync());
         await first;
 
@@ -178,7 +172,7 @@ public class MultiItemTests
         var outputs = new int[8];
 
         Task call = engine.ProcessManyAsync(inputs, outputs).AsTask();
-        Open(handler, gate);
+        handler.Release(gate);
         var error = await Assert.ThrowsAsync<BatchExecutionException>(() => call.WithinBoundAsync());
         await first;
 
@@ -221,7 +215,7 @@ public class MultiItemTests
         await Assert.ThrowsAnyAsync<OperationCanceledException>(() => call.WithinBoundAsync());
         Assert.Equal(1, engine.QueuedItems);
 
-        Open(handler, gate);
+        handler.Release(gate);
         Assert.Equal(19, await other.WithinBoundAsync());
         await first;
         Assert.Equal([-1, 9], handler.AllInputs);
@@ -232,8 +226,7 @@ public class MultiItemTests
     public async Task A_call_cancelled_while_a_part_runs_is_released_at_once_and_its_buffer_is_never_written_after()
     {
         var handler = new RecordingHandler();
-        var gate = new TaskCompletionSource();
-        handler.Gate = gate.Task;
+        var gate = handler.Hold();
         await using var processor = BatchProcessor.Create(handler.Handler, new BatchingOptions { MaxBatchSize = 3 });
         using var cts = new CancellationTokenSource();
         var outputs = new int[5];
@@ -242,7 +235,7 @@ public class MultiItemTests
 
         cts.Cancel();
         await Assert.ThrowsAnyAsync<OperationCanceledException>(() => call.WithinBoundAsync());
-        Open(handler, gate);
+        handler.Release(gate);
         Assert.Equal(3, await processor.ProcessAsync(1).WithinBoundAsync()); // the running part has finished by now
         await Wait.UntilIdleAsync(processor);
 
@@ -305,7 +298,7 @@ public class MultiItemTests
         Assert.Equal(2, engine.WaitingForSpace);
 
         ValueTask disposal = engine.DisposeAsync();
-        Open(handler, gate);
+        handler.Release(gate);
         await disposal.AsTask().WithinBoundAsync();
 
         var error = await Assert.ThrowsAsync<BatchExecutionException>(() => call.WithinBoundAsync());
@@ -320,15 +313,14 @@ public class MultiItemTests
     public async Task Parts_of_one_call_may_run_in_several_batches_at_once()
     {
         var handler = new RecordingHandler();
-        var gate = new TaskCompletionSource();
-        handler.Gate = gate.Task;
+        var gate = handler.Hold();
         await using var processor = BatchProcessor.Create(handler.Handler, new BatchingOptions { MaxBatchSize = 2, MaxConcurrentBatches = 3 });
         var outputs = new int[6];
 
         Task call = processor.ProcessManyAsync(new[] { 1, 2, 3, 4, 5, 6 }, outputs).AsTask();
         await Wait.UntilAsync(() => handler.Calls.Count == 3, "three parts run at once");
         Assert.False(call.IsCompleted);
-        Open(handler, gate);
+        handler.Release(gate);
         await call.WithinBoundAsync();
 
         Assert.Equal([3, 5, 7, 9, 11, 13], outputs);

@@ -53,8 +53,7 @@ public class PriorityTests
         int levels = backlog.Levels;
         int[] weights = backlog.Weights ?? [.. Enumerable.Range(0, levels).Select(l => 1 << (levels - 1 - l))];
         var handler = new RecordingHandler();
-        var gate = new TaskCompletionSource();
-        handler.Gate = gate.Task;
+        var gate = handler.Hold();
         await using var processor = BatchProcessor.Create(handler.Handler, new BatchingOptions
         {
             MaxBatchSize = backlog.MaxBatchSize,
@@ -80,8 +79,7 @@ public class PriorityTests
             calls.Add(processor.ProcessAsync(level * LevelBase + next[level]++, new RequestOptions(level)).AsTask());
         }
 
-        handler.Gate = null;
-        gate.SetResult();
+        handler.Release(gate);
         await Task.WhenAll(calls).WithinBoundAsync();
         await first;
 
@@ -136,8 +134,7 @@ public class PriorityTests
     public async Task With_default_weights_each_level_gets_twice_the_share_of_the_next()
     {
         var handler = new RecordingHandler();
-        var gate = new TaskCompletionSource();
-        handler.Gate = gate.Task;
+        var gate = handler.Hold();
         await using var processor = BatchProcessor.Create(handler.Handler, new BatchingOptions { MaxBatchSize = 7, PriorityLevels = 3 });
         Task<int> first = processor.ProcessAsync(-1).AsTask();
         await handler.Started.WaitAsync(Wait.Bound);
@@ -151,8 +148,7 @@ public class PriorityTests
             }
         }
 
-        handler.Gate = null;
-        gate.SetResult();
+        handler.Release(gate);
         await Task.WhenAll(calls).WithinBoundAsync();
         await first;
 
@@ -190,8 +186,7 @@ public class PriorityTests
     public async Task Callers_waiting_for_space_are_admitted_by_the_same_shares()
     {
         var handler = new RecordingHandler();
-        var gate = new TaskCompletionSource();
-        handler.Gate = gate.Task;
+        var gate = handler.Hold();
         await using var processor = (BatchEngine<int, int>)BatchProcessor.Create(handler.Handler, new BatchingOptions
         {
             MaxBatchSize = 3,
@@ -207,8 +202,7 @@ public class PriorityTests
         calls.AddRange(Enumerable.Range(0, 10).Select(i => processor.ProcessAsync(LevelBase + i, new RequestOptions(1)).AsTask()));
         Assert.Equal(40, processor.WaitingForSpace);
 
-        handler.Gate = null;
-        gate.SetResult();
+        handler.Release(gate);
         await Task.WhenAll(calls).WithinBoundAsync();
         await first;
 

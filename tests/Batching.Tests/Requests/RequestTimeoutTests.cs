@@ -13,8 +13,7 @@ public class RequestTimeoutTests
     {
         var time = new FakeTimeProvider();
         var handler = new RecordingHandler(time);
-        var gate = new TaskCompletionSource();
-        handler.Gate = gate.Task;
+        var gate = handler.Hold();
         var processor = BatchProcessor.Create(handler.Handler, new BatchingOptions
         {
             MaxBatchSize = maxBatchSize,
@@ -29,11 +28,6 @@ public class RequestTimeoutTests
         return (processor, handler, gate, time, first);
     }
 
-    private static void Open(RecordingHandler handler, TaskCompletionSource gate)
-    {
-        handler.Gate = null;
-        gate.SetResult();
-    }
 
     [Fact]
     public async Task A_queued_item_expires_at_its_timeout_from_arrival_while_every_slot_is_busy_and_never_reaches_the_handler()
@@ -58,7 +52,7 @@ public class RequestTimeoutTests
         time.Advance(4 * Ms);
         await Assert.ThrowsAsync<TimeoutException>(() => later.WithinBoundAsync());
 
-        Open(handler, gate);
+        handler.Release(gate);
         Assert.Equal(7, await patient.WithinBoundAsync());
         await first;
         Assert.Equal([-1, 3], handler.AllInputs);
@@ -69,8 +63,7 @@ public class RequestTimeoutTests
     {
         var time = new FakeTimeProvider();
         var handler = new RecordingHandler(time);
-        var gate = new TaskCompletionSource();
-        handler.Gate = gate.Task;
+        var gate = handler.Hold();
         await using var processor = BatchProcessor.Create(handler.Handler, new BatchingOptions { TimeProvider = time });
 
         Task<int> call = processor.ProcessAsync(5, new RequestOptions(0, 2 * Ms)).AsTask();
@@ -79,7 +72,7 @@ public class RequestTimeoutTests
         await Wait.UntilIdleAsync(processor);
         Assert.False(call.IsCompleted);
 
-        Open(handler, gate);
+        handler.Release(gate);
         Assert.Equal(11, await call.WithinBoundAsync());
     }
 
@@ -97,7 +90,7 @@ public class RequestTimeoutTests
         await Assert.ThrowsAsync<TimeoutException>(() => waiting.WithinBoundAsync());
         Assert.Equal(1, processor.GetLoad().WaitingItems);
 
-        Open(handler, gate);
+        handler.Release(gate);
         int[] results = await Task.WhenAll(queued.Append(behind)).WithinBoundAsync();
         Assert.Equal([3, 5, 9], results);
         await first;
@@ -109,8 +102,7 @@ public class RequestTimeoutTests
     {
         var time = new FakeTimeProvider();
         var handler = new RecordingHandler(time);
-        var gate = new TaskCompletionSource();
-        handler.Gate = gate.Task;
+        var gate = handler.Hold();
         await using var processor = BatchProcessor.Create(handler.Handler, new BatchingOptions { MaxBatchSize = 3, TimeProvider = time, ExecutionTimeout = TimeSpan.FromHours(1) });
         var outputs = new int[7];
 
@@ -119,7 +111,7 @@ public class RequestTimeoutTests
         time.Advance(5 * Ms);
         await Wait.UntilIdleAsync(processor);
         Assert.Equal(0, processor.GetLoad().QueuedItems);
-        Open(handler, gate);
+        handler.Release(gate);
 
         var error = await Assert.ThrowsAsync<BatchExecutionException>(() => call.WithinBoundAsync());
         BatchItemFailure failure = Assert.Single(error.ItemFailures);
@@ -138,7 +130,7 @@ public class RequestTimeoutTests
 
         time.Advance(2 * Ms);
         await Assert.ThrowsAsync<TimeoutException>(() => call.WithinBoundAsync());
-        Open(handler, gate);
+        handler.Release(gate);
         await first;
         Assert.Equal([-1], handler.AllInputs);
     }
@@ -177,7 +169,7 @@ public class RequestTimeoutTests
         }
 
         Assert.Equal(1, processor.GetLoad().QueuedItems);
-        Open(handler, gate);
+        handler.Release(gate);
         Assert.Equal(19999, await kept.WithinBoundAsync());
         await first;
         Assert.Equal([-1, 9999], handler.AllInputs);

@@ -93,8 +93,7 @@ public class WeightedBatchTests
     public async Task Batches_fill_up_to_the_weight_budget_in_order()
     {
         var handler = new RecordingHandler();
-        var gate = new TaskCompletionSource();
-        handler.Gate = gate.Task;
+        var gate = handler.Hold();
         await using var processor = BatchProcessor.Create(handler.Handler, new BatchingOptions
         {
             MaxBatchSize = 100,
@@ -107,8 +106,7 @@ public class WeightedBatchTests
         int[] weights = [4, 4, 3, 9, 1, 1, 8, 2];
         var outputs = new int[weights.Length];
         Task call = processor.ProcessManyAsync(weights, outputs).AsTask();
-        handler.Gate = null;
-        gate.SetResult();
+        handler.Release(gate);
         await call.WithinBoundAsync();
         await first;
 

@@ -16,6 +16,21 @@ internal sealed class RecordingHandler
     /// <summary>When set, every call waits for this task before computing.</summary>
     public Task? Gate { get; set; }
 
+    /// <summary>Makes every call from now on wait; <see cref="Release"/> lets them all go.</summary>
+    public TaskCompletionSource Hold()
+    {
+        var gate = new TaskCompletionSource();
+        Gate = gate.Task;
+        return gate;
+    }
+
+    /// <summary>Ends a <see cref="Hold"/>: the waiting calls go on, later ones no longer wait.</summary>
+    public void Release(TaskCompletionSource gate)
+    {
+        Gate = null;
+        gate.SetResult();
+    }
+
     /// <summary>Inputs that make the whole call throw.</summary>
     public Func<int, bool> IsPoison { get; set; } = _ => false;
 

@@ -837,19 +837,7 @@ internal sealed class Batch<TIn, TOut> : IThreadPoolWorkItem
     /// missing output, or its output.</summary>
     private void Deliver(Request<TIn, TOut> request, int slot, bool inline)
     {
-        if (_handlerError is null && !_isolated)
-        {
-            // The common case, without the per-slot lookup.
-            if (_context.IsMissing(_outputs[slot]))
-            {
-                request.SetException(_context.MissingOutput(slot, _count), inline);
-            }
-            else
-            {
-                request.SetResult(_outputs[slot], inline);
-            }
-        }
-        else if (ErrorAt(slot, out int callSize) is { } error)
+        if (ErrorAt(slot, out int callSize) is { } error)
         {
             request.SetException(_context.HandlerFailure(error, callSize), inline);
         }
