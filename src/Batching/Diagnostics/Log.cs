@@ -33,4 +33,22 @@ internal static partial class Log
 
     [LoggerMessage(10, LogLevel.Warning, "Batch processor '{Processor}': a telemetry listener (ActivityListener or MeterListener) threw; the measurement was dropped.")]
     public static partial void ListenerFailed(ILogger logger, string processor, Exception exception);
+
+    [LoggerMessage(20, LogLevel.Information, "Generation processor '{Processor}' started: MaxSequences {MaxSequences}, QueueCapacity {QueueCapacity} ({QueueFullMode} when full), MaxTokensPerSequence {MaxTokens}, MaxBufferedTokens {MaxBuffered}, StepTimeout {StepTimeout}.")]
+    public static partial void GenerationStarted(ILogger logger, string processor, int maxSequences, int queueCapacity, QueueFullMode queueFullMode, int maxTokens, int maxBuffered, TimeSpan stepTimeout);
+
+    [LoggerMessage(21, LogLevel.Warning, "Generation processor '{Processor}': the step failed for {Sequences} sequence(s); they were failed and the processor goes on.")]
+    public static partial void StepFailed(ILogger logger, string processor, int sequences, Exception exception);
+
+    [LoggerMessage(22, LogLevel.Warning, "Generation processor '{Processor}': a step of {Sequences} sequence(s) exceeded StepTimeout {Timeout}; they were failed and the next step started.")]
+    public static partial void StepTimedOut(ILogger logger, string processor, int sequences, TimeSpan timeout);
+
+    [LoggerMessage(23, LogLevel.Information, "Generation processor '{Processor}' is shutting down: finishing {Active} active and {Queued} queued sequence(s) within {Timeout}.")]
+    public static partial void GenerationDraining(ILogger logger, string processor, int active, int queued, TimeSpan timeout);
+
+    [LoggerMessage(24, LogLevel.Warning, "Generation processor '{Processor}' stopped without finishing: {Failed} sequence(s) failed. Reason: {Reason}")]
+    public static partial void GenerationAborted(ILogger logger, string processor, int failed, string reason);
+
+    [LoggerMessage(25, LogLevel.Critical, "Generation processor '{Processor}': the step loop failed unexpectedly; every sequence was failed and the processor stopped.")]
+    public static partial void GenerationLoopFailed(ILogger logger, string processor, Exception exception);
 }

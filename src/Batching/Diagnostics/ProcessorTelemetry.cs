@@ -12,14 +12,10 @@ namespace Batching.Diagnostics;
 /// <remarks>Listeners are user code: an <see cref="ActivityListener"/> or <see cref="MeterListener"/> callback runs
 /// inside these calls and may throw. Every method here catches that, logs it once in a while (never more than once per
 /// second), and drops the measurement: instrumentation must never fail a caller or stop the processor.</remarks>
-internal sealed class ProcessorTelemetry : IDisposable
+internal sealed class ProcessorTelemetry : Instruments
 {
     internal static readonly ActivitySource Source = new(BatchingTelemetry.ActivitySourceName);
 
-    private readonly Meter _meter;
-    private readonly bool _ownsMeter;
-    private readonly ILogger _logger;
-    private readonly string _processorName;
     private readonly KeyValuePair<string, object?> _processor;
     private readonly KeyValuePair<string, object?> _policy;
     // Null when a listener's InstrumentPublished callback threw while the instrument was created: that measurement is
@@ -28,63 +24,28 @@ internal sealed class ProcessorTelemetry : IDisposable
     private readonly Histogram<int>? _batchSize;
     private readonly Histogram<double>? _batchDuration;
     private readonly Histogram<double>? _queueWait;
-    private long _lastListenerFailureLog = long.MinValue;
 
     public ProcessorTelemetry(string processorName, string policyName, IMeterFactory? meterFactory, ILogger logger, int priorityLevels,
         Func<int, int> queueDepthAt, Func<int> inFlightBatches, Func<double> estimatedWaitSeconds)
+        : base(processorName, meterFactory, logger)
     {
-        var options = new MeterOptions(BatchingTelemetry.MeterName) { Tags = [new(BatchingTelemetry.ProcessorTag, processorName)] };
-        _ownsMeter = meterFactory is null;
-        _meter = meterFactory?.Create(options) ?? new Meter(options);
-        _logger = logger;
-        _processorName = processorName;
         _processor = new(BatchingTelemetry.ProcessorTag, processorName);
         _policy = new(BatchingTelemetry.PolicyTag, policyName);
-        _requests = Guard(() => _meter.CreateCounter<long>("batching.requests", "{request}",
+        _requests = Guard(() => Meter.CreateCounter<long>("batching.requests", "{request}",
             "Requests that finished, by outcome: completed, failed, cancelled or rejected."));
-        _batchSize = Guard(() => _meter.CreateHistogram<int>("batching.batch.size", "{item}", "Items per handler call.",
+        _batchSize = Guard(() => Meter.CreateHistogram<int>("batching.batch.size", "{item}", "Items per handler call.",
             advice: new InstrumentAdvice<int> { HistogramBucketBoundaries = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024] }));
-        // Batching lives in the 10 µs to 1 s range; exporters' default buckets are sized for milliseconds.
-        var seconds = new InstrumentAdvice<double> { HistogramBucketBoundaries = [0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10] };
-        _batchDuration = Guard(() => _meter.CreateHistogram<double>("batching.batch.duration", "s", "Time a handler call took, by outcome.", advice: seconds));
-        _queueWait = Guard(() => _meter.CreateHistogram<double>("batching.queue.wait", "s", "Time from an item's arrival until its batch was dispatched.", advice: seconds));
+        var seconds = SecondsAdvice;
+        _batchDuration = Guard(() => Meter.CreateHistogram<double>("batching.batch.duration", "s", "Time a handler call took, by outcome.", advice: seconds));
+        _queueWait = Guard(() => Meter.CreateHistogram<double>("batching.queue.wait", "s", "Time from an item's arrival until its batch was dispatched.", advice: seconds));
         var tags = new[] { _processor };
-        var levelTags = new KeyValuePair<string, object?>[priorityLevels][];
-        for (int level = 0; level < priorityLevels; level++)
-        {
-            levelTags[level] = [_processor, new(BatchingTelemetry.PriorityTag, level)];
-        }
-
-        Guard(() => _meter.CreateObservableGauge("batching.queue.depth", () =>
-        {
-            var measurements = new Measurement<int>[levelTags.Length];
-            for (int level = 0; level < measurements.Length; level++)
-            {
-                measurements[level] = new Measurement<int>(queueDepthAt(level), levelTags[level]);
-            }
-
-            return measurements;
-        }, "{item}", "Items waiting in the queue, per priority level."));
-        Guard(() => _meter.CreateObservableGauge("batching.queue.estimated_wait", () => new Measurement<double>(estimatedWaitSeconds(), tags), "s",
+        PerLevelGauge("batching.queue.depth", priorityLevels, queueDepthAt, "{item}", "Items waiting in the queue, per priority level.");
+        Guard(() => Meter.CreateObservableGauge("batching.queue.estimated_wait", () => new Measurement<double>(estimatedWaitSeconds(), tags), "s",
             "How long a new item of priority 0 would wait for its batch to start, estimated from the queue, the running batches and the fitted batch cost."));
-        Guard(() => _meter.CreateObservableUpDownCounter("batching.batches.in_flight", () => new Measurement<int>(inFlightBatches(), tags), "{batch}", "Batches whose handler call is running."));
+        Guard(() => Meter.CreateObservableUpDownCounter("batching.batches.in_flight", () => new Measurement<int>(inFlightBatches(), tags), "{batch}", "Batches whose handler call is running."));
     }
 
     public bool QueueWaitEnabled => _queueWait?.Enabled == true;
-
-    private T? Guard<T>(Func<T> create)
-        where T : class
-    {
-        try
-        {
-            return create();
-        }
-        catch (Exception ex)
-        {
-            ListenerFailed(ex);
-            return null;
-        }
-    }
 
     public void RequestsFinished(string outcome, int count)
     {
@@ -198,31 +159,6 @@ internal sealed class ProcessorTelemetry : IDisposable
         catch (Exception ex)
         {
             ListenerFailed(ex);
-        }
-    }
-
-    private void ListenerFailed(Exception ex)
-    {
-        long now = Environment.TickCount64;
-        long last = Interlocked.Read(ref _lastListenerFailureLog);
-        if (now - last >= 1000 && Interlocked.CompareExchange(ref _lastListenerFailureLog, now, last) == last)
-        {
-            Log.ListenerFailed(_logger, _processorName, ex);
-        }
-    }
-
-    public void Dispose()
-    {
-        if (_ownsMeter)
-        {
-            try
-            {
-                _meter.Dispose();
-            }
-            catch (Exception)
-            {
-                // A MeterListener's InstrumentPublished/MeasurementsCompleted callback threw; disposal goes on.
-            }
         }
     }
 }
