@@ -13,7 +13,7 @@ namespace Batching.Tests.Diagnostics;
 [Collection(nameof(TelemetryTests))] // listeners are process-wide
 public class TelemetryTests
 {
-    private sealed class Recorder : IDisposable
+    internal sealed class Recorder : IDisposable
     {
         private readonly MeterListener _listener = new();
         private readonly string _processor;
