@@ -23,6 +23,9 @@ namespace Batching.Benchmarks;
 ///                                (the BenchmarkDotNet version, --filter '*MultiItem*', writes multi-item.md)
 ///   priority [--quick] [--loads 30,60,90,120] [--seconds S] [--warmup S] [--out DIR]
 ///                                issue 10's priority-under-overload targets, open loop; writes priority.md and priority.png
+///   generation [--quick] [--out DIR]
+///                                issue 11's continuous batching against static batching and one at a time, on a simulated
+///                                decoder step; writes generation.md and generation.png
 ///   quick                        a few-second smoke run of all of them, into a temp folder (CI: compiles and executes, never gates on timing)
 /// </summary>
 public static class Program
@@ -76,6 +79,12 @@ public static class Program
             return PrioritySweep.Run(args, command);
         }
 
+        if (args.Length > 0 && args[0] == "generation")
+        {
+            Machine.RaisePriority();
+            return Generation.GenerationSweep.Run(args, command);
+        }
+
         if (args.Length > 0 && args[0] == "quick")
         {
             return Quick(command);
@@ -115,6 +124,7 @@ public static class Program
         ClosedLoopHarness.Run(["harness", "--rounds", "1", "--seconds", "0.5", "--quick", "--out", output], command);
         MultiItemStopwatch.Run(["multi-item", "--rounds", "1", "--seconds", "0.3", "--quick", "--out", output], command);
         PrioritySweep.Run(["priority", "--quick", "--out", output], command);
+        Generation.GenerationSweep.Run(["generation", "--quick", "--out", output], command);
         return CurveSweep.Run(CurveSweep.Quick, output, command);
     }
 

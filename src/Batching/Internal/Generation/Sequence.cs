@@ -54,7 +54,7 @@ internal enum ConsumerPhase
 /// resumes it on the thread pool, never on the loop's thread), else appends it to the ring. A ring that is full parks
 /// the sequence at the next boundary; the consumer's read that makes room unparks it.</para>
 /// </remarks>
-internal sealed class Sequence<TPrompt, TState, TToken> : ConsumeOnceValueTaskSource<bool>, IAsyncEnumerable<TToken>, IAsyncEnumerator<TToken>
+internal sealed class Sequence<TPrompt, TState, TToken> : ConsumeOnceValueTaskSource<bool>, IAsyncEnumerable<TToken>, IAsyncEnumerator<TToken>, IThreadPoolWorkItem
 {
     private readonly GenerationEngine<TPrompt, TState, TToken> _engine;
     private readonly Lock _sync = new();
@@ -70,6 +70,8 @@ internal sealed class Sequence<TPrompt, TState, TToken> : ConsumeOnceValueTaskSo
     private CancellationToken _enumeratorToken;
     private CancellationTokenRegistration _callToken, _enumeratorRegistration;
     private bool _registrationsReleased;
+    private bool _resumeResult;
+    private Exception? _resumeError;
 
     public Sequence(GenerationEngine<TPrompt, TState, TToken> engine, TPrompt prompt, RequestOptions options, CancellationToken cancellationToken, int bufferSize)
     {
@@ -274,8 +276,7 @@ internal sealed class Sequence<TPrompt, TState, TToken> : ConsumeOnceValueTaskSo
 
         if (resume)
         {
-            // On the thread pool: the consumer's code must never run on (and so never block) the step loop.
-            Complete(true, null, inline: false);
+            Resume(true, null);
         }
 
         return _producerDone;
@@ -306,9 +307,20 @@ internal sealed class Sequence<TPrompt, TState, TToken> : ConsumeOnceValueTaskSo
 
         if (resume)
         {
-            Complete(false, end == SequenceEnd.Completed ? null : error, inline: false);
+            Resume(false, end == SequenceEnd.Completed ? null : error);
         }
     }
+
+    /// <summary>Resumes the waiting consumer on the thread pool: its code must never run on (and so never block) the
+    /// step loop. The sequence is its own work item (one resumption at a time), so a token costs no allocation.</summary>
+    private void Resume(bool result, Exception? error)
+    {
+        _resumeResult = result;
+        _resumeError = error;
+        ThreadPool.UnsafeQueueUserWorkItem(this, preferLocal: false);
+    }
+
+    void IThreadPoolWorkItem.Execute() => Complete(_resumeResult, _resumeError, inline: true);
 
     /// <summary>Keeps the cancellation registrations until the sequence ends (then disposes them; outside every lock).</summary>
     public void Register(CancellationTokenRegistration call, CancellationTokenRegistration enumerator)
