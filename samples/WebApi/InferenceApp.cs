@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Text;
 using System.Text.Json;
 using Batching.Ilgpu;
+using Batching.Samples.WebApi.Completions;
 using Microsoft.AspNetCore.Diagnostics.HealthChecks;
 using Microsoft.Extensions.Diagnostics.HealthChecks;
 using OpenTelemetry.Metrics;
@@ -72,6 +73,7 @@ public static class InferenceApp
                 o.MaxDelay = TimeSpan.Zero;
                 o.FlushPolicy = FlushPolicy.Deadline;
             });
+        builder.AddCompletions();
         builder.Services.AddProblemDetails();
         builder.Services.AddHealthChecks().AddCheck<BatchingHealthCheck>("batching");
         builder.Services.AddOpenTelemetry()
@@ -89,6 +91,7 @@ public static class InferenceApp
             InferEndpoint.HandleAsync(context, processor, model, logs));
         app.MapPost("/v1/infer-unbatched", (HttpContext context, [FromKeyedServices(UnbatchedKey)] IBatchProcessor<ReadOnlyMemory<float>, float[]> processor,
             ModelOptions model, ILoggerFactory logs) => InferEndpoint.HandleAsync(context, processor, model, logs));
+        app.MapCompletions();
         app.MapHealthChecks("/healthz", new HealthCheckOptions { ResponseWriter = WriteHealthAsync });
         app.MapPrometheusScrapingEndpoint("/metrics");
 
