@@ -36,9 +36,9 @@ internal sealed class RunningServer : IAsyncDisposable
 
     public IServiceProvider Services => _app.Services;
 
-    public static async Task<RunningServer> StartAsync(Action<WebApplicationBuilder>? configure = null)
+    public static async Task<RunningServer> StartAsync(Action<WebApplicationBuilder>? configure = null, params string[] args)
     {
-        WebApplication app = InferenceApp.Build(["--port", "0"], builder =>
+        WebApplication app = InferenceApp.Build(["--port", "0", .. args], builder =>
         {
             builder.Logging.SetMinimumLevel(LogLevel.Warning);
             configure?.Invoke(builder);
