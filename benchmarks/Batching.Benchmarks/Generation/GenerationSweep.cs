@@ -248,6 +248,7 @@ internal static class GenerationSweep
     private sealed class Recorder(long submitted)
     {
         private long _last = submitted;
+        private bool _seenFirst;
 
         public List<double> Gaps { get; } = [];
 
@@ -258,8 +259,9 @@ internal static class GenerationSweep
         public void Token(long at)
         {
             double ms = (at - _last) * 1000.0 / Stopwatch.Frequency;
-            if (_last == submitted)
+            if (!_seenFirst)
             {
+                _seenFirst = true;
                 TtftMs = ms;
             }
             else

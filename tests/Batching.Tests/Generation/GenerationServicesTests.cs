@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using Batching.Tests.Diagnostics;
+using Batching.Tests.Reliability;
 using Batching.Tests.TestSupport;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Diagnostics.HealthChecks;
@@ -62,14 +63,7 @@ public class GenerationServicesTests
     [Fact]
     public async Task A_listener_that_throws_does_not_hurt_callers()
     {
-        using var listener = new ActivityListener
-        {
-            ShouldListenTo = s => s.Name == BatchingTelemetry.ActivitySourceName,
-            Sample = (ref ActivityCreationOptions<ActivityContext> _) => ActivitySamplingResult.AllDataAndRecorded,
-            ActivityStarted = _ => throw new InvalidOperationException("listener bug"),
-            ActivityStopped = _ => throw new InvalidOperationException("listener bug"),
-        };
-        ActivitySource.AddActivityListener(listener);
+        using ActivityListener listener = HostileInstrumentationTests.AddThrowingActivityListener();
         var model = new CountingModel();
         await using var processor = model.Create();
         Assert.Equal(5, (await ReadAllAsync(processor.GenerateAsync((1, 5))).WithinBoundAsync()).Count);

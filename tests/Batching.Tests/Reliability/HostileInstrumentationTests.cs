@@ -14,6 +14,20 @@ namespace Batching.Tests.Reliability;
 [Collection(nameof(TelemetryTests))] // listeners are process-wide
 public class HostileInstrumentationTests
 {
+    /// <summary>Samples every activity of the Batching source and throws from its start and stop callbacks.</summary>
+    internal static ActivityListener AddThrowingActivityListener()
+    {
+        var listener = new ActivityListener
+        {
+            ShouldListenTo = source => source.Name == BatchingTelemetry.ActivitySourceName,
+            Sample = (ref ActivityCreationOptions<ActivityContext> _) => ActivitySamplingResult.AllDataAndRecorded,
+            ActivityStarted = _ => throw new InvalidOperationException("listener start"),
+            ActivityStopped = _ => throw new InvalidOperationException("listener stop"),
+        };
+        ActivitySource.AddActivityListener(listener);
+        return listener;
+    }
+
     private sealed class ThrowingLoggerProvider : ILoggerProvider
     {
         public ILogger CreateLogger(string categoryName) => new ThrowingLogger();
@@ -73,14 +87,7 @@ public class HostileInstrumentationTests
     [Fact]
     public async Task An_ActivityListener_that_throws_changes_nothing_for_callers()
     {
-        using var listener = new ActivityListener
-        {
-            ShouldListenTo = source => source.Name == BatchingTelemetry.ActivitySourceName,
-            Sample = (ref ActivityCreationOptions<ActivityContext> _) => ActivitySamplingResult.AllDataAndRecorded,
-            ActivityStarted = _ => throw new InvalidOperationException("listener start"),
-            ActivityStopped = _ => throw new InvalidOperationException("listener stop"),
-        };
-        ActivitySource.AddActivityListener(listener);
+        using ActivityListener listener = AddThrowingActivityListener();
         await RunWorkloadAsync(null, "throwing-activity-listener");
 
         using var sampler = new ActivityListener
