@@ -47,7 +47,7 @@ var results = new List<(string Name, double ItemsPerSecond, double MicrosPerBatc
 using (Context context = cuda ? Context.Create(b => b.Cuda().EnableAlgorithms().Optimize(OptimizationLevel.O1)) : Context.Create(b => b.CPU().EnableAlgorithms()))
 using (Accelerator accelerator = cuda ? context.CreateCudaAccelerator(0) : context.CreateCPUAccelerator(0))
 {
-    var kernel = accelerator.LoadAutoGroupedKernel<Index2D, DeviceRowBatch<float>, ArrayView<float>, DenseRelu>(KernelEntryPoints.Rows<float, DenseRelu>);
+    var kernel = accelerator.LoadAutoGroupedKernel<Index1D, DeviceRowBatch<float>, ArrayView<float>, DenseRelu>(KernelEntryPoints.Rows<float, DenseRelu>);
     using MemoryBuffer1D<float, Stride1D.Dense> parameters = accelerator.Allocate1D(weights);
     ArrayView<float> p = parameters.View.BaseView;
 
@@ -60,7 +60,7 @@ using (Accelerator accelerator = cuda ? context.CreateCudaAccelerator(0) : conte
         void Once()
         {
             dIn.View.CopyFromCPU(input);
-            kernel(s, new Index2D(width, batch), new DeviceRowBatch<float>(dIn.View.BaseView, p, batch, width, width), dOut.View.BaseView, default);
+            kernel(s, batch * width, new DeviceRowBatch<float>(dIn.View.BaseView, p, batch, width, width), dOut.View.BaseView, default);
             dOut.View.CopyToCPU(output);
             s.Synchronize();
         }
@@ -89,7 +89,7 @@ using (Accelerator accelerator = cuda ? context.CreateCudaAccelerator(0) : conte
 
             input.CopyTo(pinIn[i].Span);
             dIn[i].View.BaseView.CopyFrom(streams[i], pinIn[i].ArrayView);
-            kernel(streams[i], new Index2D(width, batch), new DeviceRowBatch<float>(dIn[i].View.BaseView, p, batch, width, width), dOut[i].View.BaseView, default);
+            kernel(streams[i], batch * width, new DeviceRowBatch<float>(dIn[i].View.BaseView, p, batch, width, width), dOut[i].View.BaseView, default);
             dOut[i].View.BaseView.CopyTo(streams[i], pinOut[i].ArrayView);
             busy[i] = true;
         }

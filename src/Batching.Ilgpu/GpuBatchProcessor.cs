@@ -39,13 +39,17 @@ public static class GpuBatchProcessor
     /// <param name="kernel">The kernel instance; its fields are passed to every launch.</param>
     /// <param name="options">Batching settings, as for <see cref="Create{TIn, TOut, TKernel}"/>.</param>
     /// <param name="loggerFactory">Logs device choice, faults and fallbacks; <see langword="null"/> for none.</param>
-    /// <returns>A running processor: each call passes one input row (exactly <see cref="GpuRowOptions{T}.InputWidth"/>
-    /// values) and receives a new output row of <see cref="GpuRowOptions{T}.OutputWidth"/> values.</returns>
+    /// <returns>A running processor: <see cref="IGpuRowProcessor{T}.ProcessRowAsync"/> and
+    /// <see cref="IGpuRowProcessor{T}.ProcessRowsAsync"/> write results into the caller's buffers (nothing allocated per
+    /// call); <see cref="IBatchProcessor{TIn, TOut}.ProcessAsync(TIn, CancellationToken)"/> passes one input row (exactly
+    /// <see cref="GpuRowOptions{T}.InputWidth"/> values) and returns a new array of <see cref="GpuRowOptions{T}.OutputWidth"/> values.
+    /// <see cref="BatchingOptions.OutputCheck"/> does not apply (the kernel writes every output row); an
+    /// <see cref="BatchingOptions.ItemWeight"/> must be a <c>Func&lt;ReadOnlyMemory&lt;T&gt;, int&gt;</c>.</returns>
     /// <exception cref="ArgumentNullException"><paramref name="rowOptions"/> is null.</exception>
     /// <exception cref="ArgumentException">A setting is out of range; <see cref="ArgumentException.ParamName"/> names it.</exception>
     /// <exception cref="KernelCompilationException">The kernel does not compile.</exception>
     /// <exception cref="InvalidOperationException"><see cref="GpuOptions.Device"/> is <see cref="GpuDevicePreference.Cuda"/> and no CUDA device can be used.</exception>
-    public static IGpuBatchProcessor<ReadOnlyMemory<T>, T[]> CreateRows<T, TKernel>(GpuRowOptions<T> rowOptions, TKernel kernel = default,
+    public static IGpuRowProcessor<T> CreateRows<T, TKernel>(GpuRowOptions<T> rowOptions, TKernel kernel = default,
         BatchingOptions? options = null, ILoggerFactory? loggerFactory = null)
         where T : unmanaged
         where TKernel : struct, IRowKernel<T> =>
@@ -61,14 +65,26 @@ public static class GpuBatchProcessor
         return GpuProcessorBuilder.Build(new ItemProgram<TIn, TOut, TKernel>(kernel, gpu.RejectNonFiniteInputs), gpu, options, loggerFactory, meterFactory);
     }
 
-    internal static IGpuBatchProcessor<ReadOnlyMemory<T>, T[]> CreateRowsCore<T, TKernel>(GpuRowOptions<T> rowOptions, TKernel kernel, BatchingOptions? options,
-        ILoggerFactory? loggerFactory, IMeterFactory? meterFactory)
+    internal static IGpuRowProcessor<T> CreateRowsCore<T, TKernel>(GpuRowOptions<T> rowOptions, TKernel kernel, BatchingOptions? options,
+        ILoggerFactory? loggerFactory, IMeterFactory? meterFactory,
+        Func<int, ILogger, (IReadOnlyList<IExecutionDevice<RowCall<T>, RowWritten>> Gpus, IExecutionDevice<RowCall<T>, RowWritten>? Fallback)>? devices = null)
         where T : unmanaged
         where TKernel : struct, IRowKernel<T>
     {
         ArgumentNullException.ThrowIfNull(rowOptions);
         rowOptions.Validate();
         var program = new RowProgram<T, TKernel>(kernel, rowOptions.InputWidth, rowOptions.OutputWidth, rowOptions.Parameters.Span, rowOptions.RejectNonFiniteInputs);
-        return GpuProcessorBuilder.Build(program, rowOptions, options, loggerFactory, meterFactory);
+        BatchingOptions settings = (options ?? new BatchingOptions()).Clone();
+
+        // The engine carries row calls, whose results land in the callers' buffers: there is no output to check, and a
+        // row weight is the user's function of the input row.
+        settings.OutputCheck = OutputCheck.None;
+        if (settings.ItemWeight is Func<ReadOnlyMemory<T>, int> weight)
+        {
+            settings.ItemWeight = (Func<RowCall<T>, int>)(call => weight(call.Input));
+        }
+
+        GpuProcessor<RowCall<T>, RowWritten> inner = GpuProcessorBuilder.Build(program, rowOptions, settings, loggerFactory, meterFactory, devices);
+        return new GpuRowProcessor<T>(inner, rowOptions.InputWidth, rowOptions.OutputWidth);
     }
 }

@@ -8,8 +8,8 @@ namespace Batching.Ilgpu;
 /// </summary>
 /// <typeparam name="T">The element type of input rows, output rows and parameters; an unmanaged type such as <see cref="float"/>.</typeparam>
 /// <remarks>
-/// <para>The library launches one GPU thread per output element, <c>(row, column)</c> over
-/// <c>batch.Count × OutputWidth</c>, and writes the returned value itself, so a kernel cannot write out of bounds.
+/// <para>The library launches one GPU thread per output element, a flat index over <c>batch.Count × OutputWidth</c>
+/// split into <c>(row, column)</c>, and writes the returned value itself, so a kernel cannot write out of bounds.
 /// Consecutive threads have consecutive columns: a parameter layout indexed <c>k * OutputWidth + column</c>
 /// (input-major) gives coalesced reads.</para>
 /// <para><see cref="Apply{TBatch}"/> is generic over the batch view so that the same code is compiled by ILGPU for the

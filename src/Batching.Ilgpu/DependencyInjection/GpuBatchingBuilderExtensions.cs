@@ -6,7 +6,7 @@ namespace Microsoft.Extensions.DependencyInjection;
 
 /// <summary>
 /// Registers GPU batch processors as singletons of <see cref="IBatchProcessor{TIn, TOut}"/> and
-/// <see cref="IGpuBatchProcessor{TIn, TOut}"/> (the same instance). Their <see cref="BatchingOptions"/> are named
+/// <see cref="IGpuBatchProcessor{TIn, TOut}"/> (the same instance), row processors also as <see cref="IGpuRowProcessor{T}"/>. Their <see cref="BatchingOptions"/> are named
 /// options as for <c>AddProcessor</c> (see <see cref="BatchingBuilderExtensions.OptionsName{TIn, TOut}"/>), and their
 /// <see cref="GpuOptions"/> or <see cref="GpuRowOptions{T}"/> are named options of the same name.
 /// </summary>
@@ -28,7 +28,7 @@ public static class GpuBatchingBuilderExtensions
         where TIn : unmanaged
         where TOut : unmanaged
         where TKernel : struct, IItemKernel<TIn, TOut> =>
-        Register<TIn, TOut, GpuOptions>(builder, null, configureGpu, configure,
+        Register<TIn, TOut, GpuOptions, IGpuBatchProcessor<TIn, TOut>>(builder, null, configureGpu, configure,
             (gpu, context) => GpuBatchProcessor.CreateCore<TIn, TOut, TKernel>(kernel, gpu, context.Options, context.LoggerFactory, context.MeterFactory));
 
     /// <summary>Registers a keyed processor that runs the per-item kernel <typeparamref name="TKernel"/>.</summary>
@@ -48,12 +48,13 @@ public static class GpuBatchingBuilderExtensions
         where TKernel : struct, IItemKernel<TIn, TOut>
     {
         ArgumentException.ThrowIfNullOrEmpty(name);
-        return Register<TIn, TOut, GpuOptions>(builder, name, configureGpu, configure,
+        return Register<TIn, TOut, GpuOptions, IGpuBatchProcessor<TIn, TOut>>(builder, name, configureGpu, configure,
             (gpu, context) => GpuBatchProcessor.CreateCore<TIn, TOut, TKernel>(kernel, gpu, context.Options, context.LoggerFactory, context.MeterFactory));
     }
 
-    /// <summary>Registers a processor that runs the row kernel <typeparamref name="TKernel"/>; callers pass
-    /// <see cref="ReadOnlyMemory{T}"/> rows and receive <typeparamref name="T"/>[] rows.</summary>
+    /// <summary>Registers a processor that runs the row kernel <typeparamref name="TKernel"/>, resolvable as
+    /// <see cref="IGpuRowProcessor{T}"/> (results into the caller's buffers) and as
+    /// <see cref="IBatchProcessor{TIn, TOut}"/> of <see cref="ReadOnlyMemory{T}"/> rows to <typeparamref name="T"/>[] rows.</summary>
     /// <typeparam name="T">The element type of rows and parameters.</typeparam>
     /// <typeparam name="TKernel">The kernel struct.</typeparam>
     /// <param name="builder">The builder.</param>
@@ -67,7 +68,7 @@ public static class GpuBatchingBuilderExtensions
         where TKernel : struct, IRowKernel<T>
     {
         ArgumentNullException.ThrowIfNull(configureRows);
-        return Register<ReadOnlyMemory<T>, T[], GpuRowOptions<T>>(builder, null, configureRows, configure,
+        return Register<ReadOnlyMemory<T>, T[], GpuRowOptions<T>, IGpuRowProcessor<T>>(builder, null, configureRows, configure,
             (rows, context) => GpuBatchProcessor.CreateRowsCore(rows, kernel, context.Options, context.LoggerFactory, context.MeterFactory));
     }
 
@@ -87,14 +88,15 @@ public static class GpuBatchingBuilderExtensions
     {
         ArgumentException.ThrowIfNullOrEmpty(name);
         ArgumentNullException.ThrowIfNull(configureRows);
-        return Register<ReadOnlyMemory<T>, T[], GpuRowOptions<T>>(builder, name, configureRows, configure,
+        return Register<ReadOnlyMemory<T>, T[], GpuRowOptions<T>, IGpuRowProcessor<T>>(builder, name, configureRows, configure,
             (rows, context) => GpuBatchProcessor.CreateRowsCore(rows, kernel, context.Options, context.LoggerFactory, context.MeterFactory));
     }
 
     /// <summary>Registers through the core's one registration path; only the device options are the GPU package's own.</summary>
-    private static IBatchingBuilder Register<TIn, TOut, TGpuOptions>(IBatchingBuilder builder, string? key, Action<TGpuOptions>? configureGpu,
-        Action<BatchingOptions>? configure, Func<TGpuOptions, BatchProcessorContext, IGpuBatchProcessor<TIn, TOut>> create)
+    private static IBatchingBuilder Register<TIn, TOut, TGpuOptions, TProcessor>(IBatchingBuilder builder, string? key, Action<TGpuOptions>? configureGpu,
+        Action<BatchingOptions>? configure, Func<TGpuOptions, BatchProcessorContext, TProcessor> create)
         where TGpuOptions : GpuOptions
+        where TProcessor : class, IGpuBatchProcessor<TIn, TOut>
     {
         ArgumentNullException.ThrowIfNull(builder);
         OptionsBuilder<TGpuOptions> gpu = builder.Services.AddOptions<TGpuOptions>(BatchingBuilderExtensions.OptionsName<TIn, TOut>(key));
@@ -103,7 +105,21 @@ public static class GpuBatchingBuilderExtensions
             gpu.Configure(configureGpu);
         }
 
-        return builder.AddCustomProcessor<TIn, TOut, IGpuBatchProcessor<TIn, TOut>>(key,
+        builder.AddCustomProcessor<TIn, TOut, TProcessor>(key,
             context => create(context.Services.GetRequiredService<IOptionsMonitor<TGpuOptions>>().Get(context.OptionsName), context), configure);
+        if (typeof(TProcessor) != typeof(IGpuBatchProcessor<TIn, TOut>))
+        {
+            // The row processor is also resolvable as the GPU interface its callers of the T[] shape expect.
+            if (key is null)
+            {
+                builder.Services.AddSingleton<IGpuBatchProcessor<TIn, TOut>>(sp => sp.GetRequiredService<TProcessor>());
+            }
+            else
+            {
+                builder.Services.AddKeyedSingleton<IGpuBatchProcessor<TIn, TOut>>(key, (sp, k) => sp.GetRequiredKeyedService<TProcessor>(k));
+            }
+        }
+
+        return builder;
     }
 }

@@ -19,7 +19,6 @@ internal static class DeviceFactory
         where TDevOut : unmanaged
     {
         string kernelName = program.KernelType.FullName ?? program.KernelType.Name;
-        var gpus = new List<IExecutionDevice<TIn, TOut>>();
         IExecutionDevice<TIn, TOut> managed = new ManagedCpuDevice<TIn, TOut, TDevIn, TDevOut>(program, options.MaxBatchesInFlightPerDevice);
         IExecutionDevice<TIn, TOut>? fallback = options.FallbackToCpu ? managed : null;
 
@@ -28,27 +27,18 @@ internal static class DeviceFactory
             case GpuDevicePreference.ManagedCpu:
                 ValidateWithoutCuda(program, options, logger);
                 Log.DeviceSelected(logger, processorName, kernelName, managed.Name, managed.Kind, "GpuOptions.Device is ManagedCpu");
-                return (gpus, managed);
+                return ([], managed);
 
             case GpuDevicePreference.IlgpuCpu:
                 ValidateWithoutCuda(program, options, logger);
-                Context context = Context.Create(builder => builder.CPU().EnableAlgorithms());
-                Accelerator accelerator;
-                try
-                {
-                    accelerator = context.CreateCPUAccelerator(0);
-                }
-                catch
-                {
-                    context.Dispose();
-                    throw;
-                }
-
-                gpus.Add(IlgpuDevice<TIn, TOut, TDevIn, TDevOut>.Create("ilgpu-cpu", GpuDeviceKind.IlgpuCpu, context, accelerator, program, maxBatchSize,
-                    options.MaxBatchesInFlightPerDevice, options.LaunchTimeout));
-                Log.DeviceSelected(logger, processorName, kernelName, "ilgpu-cpu", GpuDeviceKind.IlgpuCpu,
-                    "GpuOptions.Device is IlgpuCpu (ILGPU's CPU simulator, for tests and debugging only)");
-                return (gpus, fallback);
+                var simulator = new DeviceCandidate<TIn, TOut>("ilgpu-cpu", GpuDeviceKind.IlgpuCpu,
+                    "GpuOptions.Device is IlgpuCpu (ILGPU's CPU simulator, for tests and debugging only)",
+                    () => StartIlgpu("ilgpu-cpu", GpuDeviceKind.IlgpuCpu, Context.Create(builder => builder.CPU().EnableAlgorithms()),
+                        context => context.CreateCPUAccelerator(0), program, options, maxBatchSize));
+                List<IExecutionDevice<TIn, TOut>> started = Start([simulator], processorName, kernelName, logger, out string? whyNot);
+                return started.Count > 0
+                    ? (started, fallback)
+                    : throw new InvalidOperationException($"GpuOptions.Device is IlgpuCpu, but ILGPU's CPU accelerator could not be started for '{processorName}': {whyNot}");
         }
 
         List<(int Index, int Id, string Name, CudaArchitecture Architecture, CudaInstructionSet InstructionSet)> found =
@@ -58,47 +48,25 @@ internal static class DeviceFactory
             KernelValidator.ValidateForCuda(program.KernelType, program.EntryPoint, found[0].Architecture, found[0].InstructionSet, logger);
         }
 
+        var candidates = new List<DeviceCandidate<TIn, TOut>>();
         foreach (var device in found)
         {
             for (int instance = 0; instance < options.InstancesPerDevice; instance++)
             {
                 string name = $"cuda:{device.Id} {device.Name}" + (options.InstancesPerDevice > 1 ? $" #{instance}" : "");
-                Context? context = null;
-                try
-                {
-                    // A Context of its own per device instance: a fault or a failed compile in one cannot poison another.
-                    context = Context.Create(builder => builder.Cuda().EnableAlgorithms().Optimize(OptimizationLevel.O1));
-                    CudaAccelerator accelerator = context.CreateCudaAccelerator(device.Index);
-                    gpus.Add(IlgpuDevice<TIn, TOut, TDevIn, TDevOut>.Create(name, GpuDeviceKind.Cuda, context, accelerator, program, maxBatchSize,
-                        options.MaxBatchesInFlightPerDevice, options.LaunchTimeout));
-                    Log.DeviceSelected(logger, processorName, kernelName, name, GpuDeviceKind.Cuda,
-                        $"CUDA is preferred; {device.Architecture}, {options.MaxBatchesInFlightPerDevice} batch(es) in flight");
-                }
-                catch (KernelCompilationException)
-                {
-                    throw;
-                }
-                catch (Exception ex) when (ex is not OutOfMemoryException)
-                {
-                    if (context is not null)
-                    {
-                        GC.SuppressFinalize(context);
-                        try
-                        {
-                            context.Dispose();
-                        }
-                        catch (Exception)
-                        {
-                            // Already failing; the start error below is the one to report.
-                        }
-                    }
+                int index = device.Index;
 
-                    Log.DeviceStartFailed(logger, ex, processorName, name);
-                    whyNone = $"{name} failed to start: {ex.Message}";
-                }
+                // A Context of its own per device instance: a fault in one cannot poison another. Blocking sync: the
+                // completion thread sleeps in cuStreamSynchronize instead of spinning a core (ILGPU's default is Auto).
+                candidates.Add(new DeviceCandidate<TIn, TOut>(name, GpuDeviceKind.Cuda,
+                    $"CUDA is preferred; {device.Architecture}, {options.MaxBatchesInFlightPerDevice} batch(es) in flight",
+                    () => StartIlgpu(name, GpuDeviceKind.Cuda, Context.Create(builder => builder.Cuda().EnableAlgorithms().Optimize(OptimizationLevel.O1)),
+                        context => context.CreateCudaAccelerator(index, CudaAcceleratorFlags.ScheduleBlockingSync), program, options, maxBatchSize)));
             }
         }
 
+        List<IExecutionDevice<TIn, TOut>> gpus = Start(candidates, processorName, kernelName, logger, out string? whyFailed);
+        whyNone = whyFailed ?? whyNone;
         if (gpus.Count > 0)
         {
             return (gpus, fallback);
@@ -112,6 +80,74 @@ internal static class DeviceFactory
         ValidateWithoutCuda(program, options, logger);
         Log.CpuFallbackChosen(logger, processorName, kernelName, whyNone ?? "no CUDA device");
         return (gpus, managed);
+    }
+
+    /// <summary>
+    /// Starts every candidate that can start. A device that fails to start (no memory for its buffers or parameters, a
+    /// driver error) is skipped with a log line; a kernel that does not compile fails the whole processor, since no
+    /// device will compile it. If anything escapes, the devices already started are released first: nothing of a
+    /// processor that was never returned stays allocated.
+    /// </summary>
+    internal static List<IExecutionDevice<TIn, TOut>> Start<TIn, TOut>(IEnumerable<DeviceCandidate<TIn, TOut>> candidates, string processorName,
+        string kernelName, ILogger logger, out string? whyNone)
+    {
+        var started = new List<IExecutionDevice<TIn, TOut>>();
+        whyNone = null;
+        try
+        {
+            foreach (DeviceCandidate<TIn, TOut> candidate in candidates)
+            {
+                try
+                {
+                    started.Add(candidate.Start());
+                    Log.DeviceSelected(logger, processorName, kernelName, candidate.Name, candidate.Kind, candidate.Reason);
+                }
+                catch (Exception ex) when (ex is not KernelCompilationException)
+                {
+                    // OutOfMemoryException included: ILGPU raises it for device and page-locked allocations too.
+                    Log.DeviceStartFailed(logger, ex, processorName, candidate.Name);
+                    whyNone = $"{candidate.Name} failed to start: {ex.GetType().Name}: {ex.Message}";
+                }
+            }
+
+            return started;
+        }
+        catch
+        {
+            foreach (IExecutionDevice<TIn, TOut> device in started)
+            {
+                try
+                {
+                    device.Release(faulted: false);
+                }
+                catch (Exception releaseError)
+                {
+                    Log.ReleaseFailed(logger, releaseError, processorName, device.Name);
+                }
+            }
+
+            throw;
+        }
+    }
+
+    private static IExecutionDevice<TIn, TOut> StartIlgpu<TIn, TOut, TDevIn, TDevOut>(string name, GpuDeviceKind kind, Context context,
+        Func<Context, Accelerator> createAccelerator, KernelProgram<TIn, TOut, TDevIn, TDevOut> program, GpuOptions options, int maxBatchSize)
+        where TDevIn : unmanaged
+        where TDevOut : unmanaged
+    {
+        Accelerator accelerator;
+        try
+        {
+            accelerator = createAccelerator(context);
+        }
+        catch
+        {
+            Disposal.Dispose(context, suppressFinalizer: true);
+            throw;
+        }
+
+        IlgpuBackend<TDevIn, TDevOut> backend = IlgpuBackend<TDevIn, TDevOut>.Start(context, accelerator, program, name);
+        return StreamDevice<TIn, TOut, TDevIn, TDevOut>.Create(name, kind, backend, program, maxBatchSize, options.MaxBatchesInFlightPerDevice, options.LaunchTimeout);
     }
 
     private static void ValidateWithoutCuda<TIn, TOut, TDevIn, TDevOut>(KernelProgram<TIn, TOut, TDevIn, TDevOut> program, GpuOptions options, ILogger logger)
@@ -166,3 +202,6 @@ internal static class DeviceFactory
         return found;
     }
 }
+
+/// <summary>A device that may be started: its name, why it would be chosen, and how to start it.</summary>
+internal sealed record DeviceCandidate<TIn, TOut>(string Name, GpuDeviceKind Kind, string Reason, Func<IExecutionDevice<TIn, TOut>> Start);

@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.CompilerServices;
 using Microsoft.Extensions.Logging;
 
 namespace Batching.Ilgpu.Internal;
@@ -60,10 +61,11 @@ internal sealed class DeviceRouter<TIn, TOut> : IGpuDiagnostics
         }
     }
 
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     public async ValueTask RunAsync(ReadOnlyMemory<TIn> inputs, Memory<TOut> outputs, CancellationToken cancellationToken)
     {
         Exception? lastFault = null;
-        for (int attempt = 0; attempt <= _maxRetries; attempt++)
+        for (int attempt = 0; attempt <= _maxRetries && lastFault is not LaunchConfigurationException; attempt++)
         {
             Entry? entry = await AcquireGpuAsync(cancellationToken).ConfigureAwait(false);
             if (entry is null)
@@ -82,6 +84,13 @@ internal sealed class DeviceRouter<TIn, TOut> : IGpuDiagnostics
                 Finish(entry, succeeded: true);
                 throw;
             }
+            catch (LaunchConfigurationException ex)
+            {
+                // The device is fine, but this batch's shape is beyond its launch limits: the next path runs it.
+                lastFault = ex;
+                Finish(entry, succeeded: false);
+                Log.LaunchRejected(_logger, ex, _processorName, inputs.Length, entry.Device.Name);
+            }
             catch (ArgumentException)
             {
                 // A bad batch, not a bad device.
@@ -98,11 +107,12 @@ internal sealed class DeviceRouter<TIn, TOut> : IGpuDiagnostics
 
         if (_fallback is null)
         {
-            throw new InvalidOperationException(
-                $"No healthy GPU device is left in '{_processorName}' and GpuOptions.FallbackToCpu is off; the batch could not run.", lastFault);
+            throw new InvalidOperationException(lastFault is LaunchConfigurationException
+                ? $"A batch of {inputs.Length} item(s) of '{_processorName}' exceeds the GPU's launch limits and GpuOptions.FallbackToCpu is off; the batch could not run."
+                : $"No healthy GPU device is left in '{_processorName}' and GpuOptions.FallbackToCpu is off; the batch could not run.", lastFault);
         }
 
-        if (_gpus.Length > 0)
+        if (_gpus.Length > 0 && lastFault is not LaunchConfigurationException)
         {
             AnnounceFallback();
         }

@@ -130,7 +130,7 @@ internal sealed class GpuProcessor<TIn, TOut> : IGpuBatchProcessor<TIn, TOut>, I
 /// <summary>Builds processors: validates settings, starts the devices, and wires the router into the core engine.</summary>
 internal static class GpuProcessorBuilder
 {
-    public static IGpuBatchProcessor<TIn, TOut> Build<TIn, TOut, TDevIn, TDevOut>(
+    public static GpuProcessor<TIn, TOut> Build<TIn, TOut, TDevIn, TDevOut>(
         KernelProgram<TIn, TOut, TDevIn, TDevOut> program,
         GpuOptions gpuOptions,
         BatchingOptions? options,

@@ -13,11 +13,18 @@ internal static class KernelEntryPoints
         where TKernel : struct, IItemKernel<TIn, TOut> =>
         outputs[index] = kernel.Apply(inputs[index]);
 
-    // X is the output column so that neighbouring threads write neighbouring elements (coalesced) and share an input row.
-    public static void Rows<T, TKernel>(Index2D index, DeviceRowBatch<T> batch, ArrayView<T> outputs, TKernel kernel)
+    // One flat index per output element (row-major), so that neighbouring threads write neighbouring elements
+    // (coalesced) and share an input row. A 2D launch put rows on grid Y, which CUDA limits to 65,535, and left most
+    // threads of an occupancy-sized group idle for narrow outputs; a 1D grid has neither problem. The builder keeps
+    // MaxBatchSize × OutputWidth within int range.
+    public static void Rows<T, TKernel>(Index1D index, DeviceRowBatch<T> batch, ArrayView<T> outputs, TKernel kernel)
         where T : unmanaged
-        where TKernel : struct, IRowKernel<T> =>
-        outputs[(index.Y * batch.OutputWidth) + index.X] = kernel.Apply(index.Y, index.X, batch);
+        where TKernel : struct, IRowKernel<T>
+    {
+        int row = index.X / batch.OutputWidth;
+        int column = index.X - (row * batch.OutputWidth);
+        outputs[index] = kernel.Apply(row, column, batch);
+    }
 }
 
 /// <summary>The batch view a row kernel sees on a device: flat row-major views of the staged inputs and the parameters.</summary>

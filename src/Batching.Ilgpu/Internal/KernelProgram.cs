@@ -1,4 +1,3 @@
-using System.Buffers;
 using System.Numerics;
 using System.Reflection;
 using System.Runtime.InteropServices;
@@ -50,16 +49,35 @@ internal abstract class KernelProgram<TIn, TOut, TDevIn, TDevOut>
     /// <summary>The closed generic entry point, for compiling to PTX without a device.</summary>
     public abstract MethodInfo EntryPoint { get; }
 
-    public abstract LoadedKernel<TDevIn, TDevOut> Load(Accelerator accelerator);
+    /// <summary>Compiles the kernel for <paramref name="accelerator"/> and uploads what it keeps on the device.</summary>
+    /// <exception cref="KernelCompilationException">The kernel does not compile; no other device will compile it either.</exception>
+    /// <remarks>Any other exception (device out of memory, a driver error) is the device's, not the kernel's: the
+    /// device is skipped, and the next one (or the CPU path) is used.</remarks>
+    public abstract LoadedKernel<TDevIn, TDevOut> Load(Accelerator accelerator, string deviceName);
 
+    /// <summary>Stages <paramref name="items"/> for the device. Must not throw for inputs <see cref="Check"/> accepted.</summary>
     public abstract void Pack(ReadOnlySpan<TIn> items, Span<TDevIn> staging);
 
-    public abstract void Unpack(ReadOnlySpan<TDevOut> staging, Span<TOut> outputs);
+    /// <summary>Hands a finished batch's device results to its items.</summary>
+    public abstract void Unpack(ReadOnlySpan<TDevOut> staging, ReadOnlySpan<TIn> inputs, Span<TOut> outputs);
 
     public abstract void RunManaged(ReadOnlyMemory<TIn> inputs, Memory<TOut> outputs, CancellationToken cancellationToken);
 
     /// <summary>Returns why <paramref name="input"/> must be rejected, or null to accept it.</summary>
     public abstract string? Check(TIn input);
+
+    /// <summary>Runs ILGPU's compiler, reporting its failures as the kernel's.</summary>
+    protected TDelegate Compile<TDelegate>(Accelerator accelerator, string deviceName, Func<TDelegate> compile)
+    {
+        try
+        {
+            return compile();
+        }
+        catch (Exception ex) when (ex is not OutOfMemoryException)
+        {
+            throw new KernelCompilationException(KernelType, $"{deviceName} ({accelerator.AcceleratorType})", ex);
+        }
+    }
 
     protected static void ForChunks(int count, long costPerItem, CancellationToken cancellationToken, Action<int, int> body)
     {
@@ -170,17 +188,17 @@ internal sealed class ItemProgram<TIn, TOut, TKernel> : KernelProgram<TIn, TOut,
     public override MethodInfo EntryPoint =>
         typeof(KernelEntryPoints).GetMethod(nameof(KernelEntryPoints.Items))!.MakeGenericMethod(typeof(TIn), typeof(TOut), typeof(TKernel));
 
-    public override LoadedKernel<TIn, TOut> Load(Accelerator accelerator)
+    public override LoadedKernel<TIn, TOut> Load(Accelerator accelerator, string deviceName)
     {
-        Action<AcceleratorStream, Index1D, ArrayView<TIn>, ArrayView<TOut>, TKernel> kernel =
-            accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<TIn>, ArrayView<TOut>, TKernel>(KernelEntryPoints.Items<TIn, TOut, TKernel>);
+        Action<AcceleratorStream, Index1D, ArrayView<TIn>, ArrayView<TOut>, TKernel> kernel = Compile(accelerator, deviceName,
+            () => accelerator.LoadAutoGroupedKernel<Index1D, ArrayView<TIn>, ArrayView<TOut>, TKernel>(KernelEntryPoints.Items<TIn, TOut, TKernel>));
         TKernel instance = _kernel;
         return new LoadedKernel<TIn, TOut>((stream, count, inputs, outputs) => kernel(stream, count, inputs, outputs, instance), null);
     }
 
     public override void Pack(ReadOnlySpan<TIn> items, Span<TIn> staging) => items.CopyTo(staging);
 
-    public override void Unpack(ReadOnlySpan<TOut> staging, Span<TOut> outputs) => staging.CopyTo(outputs);
+    public override void Unpack(ReadOnlySpan<TOut> staging, ReadOnlySpan<TIn> inputs, Span<TOut> outputs) => staging.CopyTo(outputs);
 
     public override void RunManaged(ReadOnlyMemory<TIn> inputs, Memory<TOut> outputs, CancellationToken cancellationToken)
     {
@@ -208,147 +226,3 @@ internal sealed class ItemProgram<TIn, TOut, TKernel> : KernelProgram<TIn, TOut,
             : null;
 }
 
-/// <summary>A row kernel: <see cref="KernelProgram{TIn, TOut, TDevIn, TDevOut}.InputWidth"/> elements in and
-/// <see cref="KernelProgram{TIn, TOut, TDevIn, TDevOut}.OutputWidth"/> out per item, with device-resident parameters.</summary>
-internal sealed unsafe class RowProgram<T, TKernel> : KernelProgram<ReadOnlyMemory<T>, T[], T, T>
-    where T : unmanaged
-    where TKernel : struct, IRowKernel<T>
-{
-    private readonly TKernel _kernel;
-    private readonly T[] _parameters; // pinned, so the managed path can hand out a pointer
-    private readonly bool _rejectNonFinite;
-
-    public RowProgram(TKernel kernel, int inputWidth, int outputWidth, ReadOnlySpan<T> parameters, bool rejectNonFinite)
-        : base(typeof(TKernel), inputWidth, outputWidth)
-    {
-        _kernel = kernel;
-        _parameters = GC.AllocateUninitializedArray<T>(parameters.Length, pinned: true);
-        parameters.CopyTo(_parameters);
-        _rejectNonFinite = rejectNonFinite;
-    }
-
-    public override MethodInfo EntryPoint =>
-        typeof(KernelEntryPoints).GetMethod(nameof(KernelEntryPoints.Rows))!.MakeGenericMethod(typeof(T), typeof(TKernel));
-
-    public override LoadedKernel<T, T> Load(Accelerator accelerator)
-    {
-        Action<AcceleratorStream, Index2D, DeviceRowBatch<T>, ArrayView<T>, TKernel> kernel =
-            accelerator.LoadAutoGroupedKernel<Index2D, DeviceRowBatch<T>, ArrayView<T>, TKernel>(KernelEntryPoints.Rows<T, TKernel>);
-        // Uploaded once per accelerator; every launch passes the same device view.
-        MemoryBuffer1D<T, Stride1D.Dense> parameters = accelerator.Allocate1D<T>(Math.Max(1, _parameters.Length));
-        try
-        {
-            if (_parameters.Length > 0)
-            {
-                parameters.View.CopyFromCPU(_parameters);
-            }
-        }
-        catch
-        {
-            parameters.Dispose();
-            throw;
-        }
-
-        ArrayView<T> parameterView = parameters.View.BaseView.SubView(0, _parameters.Length);
-        TKernel instance = _kernel;
-        int inputWidth = InputWidth;
-        int outputWidth = OutputWidth;
-        return new LoadedKernel<T, T>(
-            (stream, count, inputs, outputs) => kernel(stream, new Index2D(outputWidth, count),
-                new DeviceRowBatch<T>(inputs, parameterView, count, inputWidth, outputWidth), outputs, instance),
-            parameters);
-    }
-
-    public override void Pack(ReadOnlySpan<ReadOnlyMemory<T>> items, Span<T> staging)
-    {
-        int width = InputWidth;
-        for (int i = 0; i < items.Length; i++)
-        {
-            ReadOnlySpan<T> row = items[i].Span;
-            if (row.Length != width)
-            {
-                // Checked on entry already; this guards the staging buffer against any path that skipped it.
-                throw new ArgumentException($"Row {i} has {row.Length} values; the processor's InputWidth is {width}.", nameof(items));
-            }
-
-            row.CopyTo(staging.Slice(i * width, width));
-        }
-    }
-
-    public override void Unpack(ReadOnlySpan<T> staging, Span<T[]> outputs)
-    {
-        int width = OutputWidth;
-        for (int i = 0; i < outputs.Length; i++)
-        {
-            outputs[i] = staging.Slice(i * width, width).ToArray();
-        }
-    }
-
-    public override void RunManaged(ReadOnlyMemory<ReadOnlyMemory<T>> inputs, Memory<T[]> outputs, CancellationToken cancellationToken)
-    {
-        int count = inputs.Length;
-        int inputWidth = InputWidth;
-        int outputWidth = OutputWidth;
-        TKernel kernel = _kernel;
-        long cost = (long)Math.Max(inputWidth, 1) * outputWidth;
-        if (kernel is ICpuRowKernel<T>)
-        {
-            T[] parameters = _parameters;
-            ForChunks(count, cost, cancellationToken, (start, end) =>
-            {
-                var cpu = (ICpuRowKernel<T>)kernel;
-                ReadOnlySpan<ReadOnlyMemory<T>> rows = inputs.Span;
-                Span<T[]> results = outputs.Span;
-                for (int i = start; i < end; i++)
-                {
-                    var output = new T[outputWidth];
-                    cpu.ApplyRow(rows[i].Span, output, parameters);
-                    results[i] = output;
-                }
-            });
-            return;
-        }
-
-        // The generic Apply needs the whole batch as one row-major block, as on the device.
-        T[] staged = ArrayPool<T>.Shared.Rent(count * inputWidth);
-        try
-        {
-            Pack(inputs.Span, staged);
-            fixed (T* stagedPointer = staged)
-            fixed (T* parameterPointer = _parameters)
-            {
-                var batch = new HostRowBatch<T>(stagedPointer, count, inputWidth, outputWidth, parameterPointer, _parameters.Length);
-                ForChunks(count, cost, cancellationToken, (start, end) =>
-                {
-                    Span<T[]> results = outputs.Span;
-                    for (int row = start; row < end; row++)
-                    {
-                        var output = new T[outputWidth];
-                        for (int column = 0; column < output.Length; column++)
-                        {
-                            output[column] = kernel.Apply(row, column, batch);
-                        }
-
-                        results[row] = output;
-                    }
-                });
-            }
-        }
-        finally
-        {
-            ArrayPool<T>.Shared.Return(staged);
-        }
-    }
-
-    public override string? Check(ReadOnlyMemory<T> input)
-    {
-        if (input.Length != InputWidth)
-        {
-            return $"The row has {input.Length} values; the processor's InputWidth is {InputWidth}.";
-        }
-
-        return _rejectNonFinite && !Finite.All(input.Span)
-            ? $"The row holds a NaN or infinite value, which {typeof(TKernel).Name} does not accept (GpuOptions.RejectNonFiniteInputs)."
-            : null;
-    }
-}

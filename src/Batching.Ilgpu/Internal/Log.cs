@@ -30,4 +30,7 @@ internal static partial class Log
 
     [LoggerMessage(EventId = 9, Level = LogLevel.Debug, Message = "Kernel {Kernel} compiled to PTX for {Architecture} in {Milliseconds} ms")]
     public static partial void KernelValidated(ILogger logger, string kernel, string architecture, long milliseconds);
+
+    [LoggerMessage(EventId = 10, Level = LogLevel.Warning, Message = "A batch of {Count} item(s) of GPU processor '{Processor}' cannot be launched on {Device} and runs on the next path; the device stays in rotation")]
+    public static partial void LaunchRejected(ILogger logger, Exception exception, string processor, int count, string device);
 }

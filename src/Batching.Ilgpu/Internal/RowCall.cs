@@ -1,0 +1,141 @@
+using System.Diagnostics;
+
+namespace Batching.Ilgpu.Internal;
+
+/// <summary>One row as the engine carries it: the caller's input and output buffers and the guard that says whether
+/// the caller is still waiting for the output.</summary>
+internal readonly struct RowCall<T>(ReadOnlyMemory<T> input, Memory<T> output, RowGuard guard, int version)
+    where T : unmanaged
+{
+    public ReadOnlyMemory<T> Input { get; } = input;
+
+    public Memory<T> Output { get; } = output;
+
+    public RowGuard Guard { get; } = guard;
+
+    public int Version { get; } = version;
+
+    /// <summary>Copies the caller's input row into <paramref name="target"/> if the caller still waits for it.</summary>
+    public bool Read(Span<T> target)
+    {
+        if (!Guard.TryEnter(Version))
+        {
+            return false;
+        }
+
+        try
+        {
+            Input.Span.CopyTo(target);
+            return true;
+        }
+        finally
+        {
+            Guard.Exit();
+        }
+    }
+
+    /// <summary>Copies <paramref name="result"/> into the caller's output buffer if the caller still waits for it.</summary>
+    public bool Write(ReadOnlySpan<T> result)
+    {
+        if (!Guard.TryEnter(Version))
+        {
+            return false;
+        }
+
+        try
+        {
+            result.CopyTo(Output.Span);
+            return true;
+        }
+        finally
+        {
+            Guard.Exit();
+        }
+    }
+}
+
+/// <summary>What the engine returns for a row: nothing; the result is in the caller's buffer.</summary>
+internal readonly struct RowWritten;
+
+/// <summary>
+/// Keeps a batch from writing into a caller's output buffer after the call has completed. The engine releases a
+/// cancelled (or timed-out) caller while its batch may still run; without this, the batch would write into a buffer
+/// the caller already reuses. One 64-bit word: version (high 32 bits), closed (bit 31), writers (low 31 bits).
+/// A writer enters only while the version matches and the guard is open; the caller closes it when its call
+/// completes and waits for the writers inside (one row copy) to leave, then the guard gets a new version and goes
+/// back to the pool, so a stale <see cref="RowCall{T}"/> can never enter it again.
+/// </summary>
+internal sealed class RowGuard
+{
+    private const long ClosedBit = 1L << 31;
+    private const long WriterMask = ClosedBit - 1;
+    private long _word;
+
+    public int Version => (int)(Volatile.Read(ref _word) >> 32);
+
+    public bool TryEnter(int version)
+    {
+        while (true)
+        {
+            long word = Volatile.Read(ref _word);
+            if ((int)(word >> 32) != version || (word & ClosedBit) != 0)
+            {
+                return false;
+            }
+
+            if (Interlocked.CompareExchange(ref _word, word + 1, word) == word)
+            {
+                return true;
+            }
+        }
+    }
+
+    public void Exit() => Interlocked.Decrement(ref _word);
+
+    /// <summary>Called once by the call's owner when the call has completed; returns when no writer is inside.</summary>
+    public void Close(int version)
+    {
+        long word = Interlocked.Or(ref _word, ClosedBit);
+        Debug.Assert((int)(word >> 32) == version, "A guard was closed by a call that does not own it.");
+        var spinner = default(SpinWait);
+        while ((Volatile.Read(ref _word) & WriterMask) != 0)
+        {
+            spinner.SpinOnce();
+        }
+
+        Volatile.Write(ref _word, (long)(version + 1) << 32);
+    }
+}
+
+/// <summary>A small pool of guards; a call rents one and returns it after closing it.</summary>
+internal sealed class RowGuardPool
+{
+    private readonly RowGuard[] _items = new RowGuard[256];
+    private int _count;
+
+    public RowGuard Rent()
+    {
+        lock (_items)
+        {
+            if (_count > 0)
+            {
+                RowGuard guard = _items[--_count];
+                _items[_count] = null!;
+                return guard;
+            }
+        }
+
+        return new RowGuard();
+    }
+
+    public void Return(RowGuard guard)
+    {
+        lock (_items)
+        {
+            if (_count < _items.Length)
+            {
+                _items[_count++] = guard;
+            }
+        }
+    }
+}
