@@ -67,7 +67,7 @@ public static class GpuBatchProcessor
 
     internal static IGpuRowProcessor<T> CreateRowsCore<T, TKernel>(GpuRowOptions<T> rowOptions, TKernel kernel, BatchingOptions? options,
         ILoggerFactory? loggerFactory, IMeterFactory? meterFactory,
-        Func<int, ILogger, (IReadOnlyList<IExecutionDevice<RowCall<T>, RowWritten>> Gpus, IExecutionDevice<RowCall<T>, RowWritten>? Fallback)>? devices = null)
+        DeviceStarter<RowCall<T>, RowWritten, T, T>? devices = null)
         where T : unmanaged
         where TKernel : struct, IRowKernel<T>
     {

@@ -134,3 +134,18 @@ internal static class Data
         return true;
     }
 }
+
+/// <summary>Doubles every value of a row (InputWidth = OutputWidth), as the fake device backends do.</summary>
+public struct DoubleRow : ICpuRowKernel<float>
+{
+    public readonly float Apply<TBatch>(int row, int column, TBatch batch)
+        where TBatch : struct, IRowBatch<float> => batch.Input(row, column) * 2;
+
+    public readonly void ApplyRow(ReadOnlySpan<float> input, Span<float> output, ReadOnlySpan<float> parameters)
+    {
+        for (int i = 0; i < input.Length; i++)
+        {
+            output[i] = input[i] * 2;
+        }
+    }
+}

@@ -127,6 +127,12 @@ internal sealed class GpuProcessor<TIn, TOut> : IGpuBatchProcessor<TIn, TOut>, I
     }
 }
 
+/// <summary>Starts a processor's devices; tests and benchmarks substitute fakes for <see cref="DeviceFactory"/>.</summary>
+internal delegate (IReadOnlyList<IExecutionDevice<TIn, TOut>> Gpus, IExecutionDevice<TIn, TOut>? Fallback) DeviceStarter<TIn, TOut, TDevIn, TDevOut>(
+    KernelProgram<TIn, TOut, TDevIn, TDevOut> program, int maxBatchSize, ILogger logger)
+    where TDevIn : unmanaged
+    where TDevOut : unmanaged;
+
 /// <summary>Builds processors: validates settings, starts the devices, and wires the router into the core engine.</summary>
 internal static class GpuProcessorBuilder
 {
@@ -136,7 +142,7 @@ internal static class GpuProcessorBuilder
         BatchingOptions? options,
         ILoggerFactory? loggerFactory,
         IMeterFactory? meterFactory,
-        Func<int, ILogger, (IReadOnlyList<IExecutionDevice<TIn, TOut>> Gpus, IExecutionDevice<TIn, TOut>? Fallback)>? devices = null)
+        DeviceStarter<TIn, TOut, TDevIn, TDevOut>? devices = null)
         where TDevIn : unmanaged
         where TDevOut : unmanaged
     {
@@ -157,7 +163,7 @@ internal static class GpuProcessorBuilder
         ILogger logger = (loggerFactory ?? NullLoggerFactory.Instance).CreateLogger("Batching.Ilgpu");
         (IReadOnlyList<IExecutionDevice<TIn, TOut>> gpus, IExecutionDevice<TIn, TOut>? fallback) = devices is null
             ? DeviceFactory.Create(program, gpuOptions, settings.MaxBatchSize, name, logger)
-            : devices(settings.MaxBatchSize, logger);
+            : devices(program, settings.MaxBatchSize, logger);
         var router = new DeviceRouter<TIn, TOut>(gpus, fallback, gpuOptions.MaxRetries, name, logger, settings.TimeProvider ?? TimeProvider.System);
         try
         {

@@ -45,6 +45,27 @@ public class GpuBatchingBuilderExtensionsTests
         await using ServiceProvider provider = services.BuildServiceProvider();
         var processor = provider.GetRequiredService<IBatchProcessor<ReadOnlyMemory<float>, float[]>>();
         Assert.True(Data.Close(await processor.ProcessAsync(new float[] { 1, -1 }), DenseRelu.Reference(new float[] { 1, -1 }, weights, 2)));
+
+        // One instance behind all three service types; the row form writes into the caller's buffer.
+        var rows = provider.GetRequiredService<IGpuRowProcessor<float>>();
+        Assert.Same(rows, processor);
+        Assert.Same(rows, provider.GetRequiredService<IGpuBatchProcessor<ReadOnlyMemory<float>, float[]>>());
+        float[] output = new float[2];
+        await rows.ProcessRowAsync(new float[] { 1, -1 }, output);
+        Assert.True(Data.Close(output, DenseRelu.Reference(new float[] { 1, -1 }, weights, 2)));
+    }
+
+    [Fact]
+    public async Task A_keyed_row_processor_is_resolvable_as_its_row_interface()
+    {
+        var services = new ServiceCollection();
+        float[] weights = RowKernelTests.Weights(new Random(2), 3, 1);
+        services.AddBatching().AddKeyedGpuRowProcessor<float, DenseReluSimd>("dense", rows => Configure(rows, 3, 1, weights));
+        await using ServiceProvider provider = services.BuildServiceProvider();
+        var rows = provider.GetRequiredKeyedService<IGpuRowProcessor<float>>("dense");
+        Assert.Same(rows, provider.GetRequiredKeyedService<IGpuBatchProcessor<ReadOnlyMemory<float>, float[]>>("dense"));
+        Assert.Same(rows, provider.GetRequiredKeyedService<IBatchProcessor<ReadOnlyMemory<float>, float[]>>("dense"));
+        Assert.Equal((3, 1), (rows.InputWidth, rows.OutputWidth));
     }
 
     private static void Configure(GpuRowOptions<float> rows, int inputWidth, int outputWidth, float[] parameters)

@@ -209,7 +209,7 @@ public class DeviceRouterTests
         var cpu = Cpu();
         await using IGpuBatchProcessor<float, float> processor = GpuProcessorBuilder.Build(
             new ItemProgram<float, float, Twice>(default, rejectNonFinite: false), new GpuOptions(), new BatchingOptions { MaxBatchSize = 8 }, null, null,
-            (_, _) => ([a, b], cpu));
+            (_, _, _) => ([a, b], cpu));
         float[] outputs = await Task.WhenAll(Enumerable.Range(0, 300).Select(i => processor.ProcessAsync(i).AsTask()));
         Assert.Equal(Enumerable.Range(0, 300).Select(i => i * 2f), outputs);
         Assert.False(processor.GetDevices()[0].IsHealthy);

@@ -11,7 +11,7 @@ public class GpuProcessorHealthTests
         GpuProcessorBuilder.Build(
             new ItemProgram<float, float, Twice>(default, rejectNonFinite: false), new GpuOptions { MaxRetries = 1 },
             new BatchingOptions { Name = name, MaxBatchSize = 4, MaxDelay = TimeSpan.Zero }, null, null,
-            (_, _) => (gpus, fallback));
+            (_, _, _) => (gpus, fallback));
 
     private static HealthCheckResult Health(IGpuBatchProcessor<float, float> processor) =>
         Assert.IsAssignableFrom<IBatchingHealthContributor>(processor).CheckHealth();
