@@ -1,8 +1,11 @@
 // GPU benchmark, one process: the raw synchronous pageable loop, the raw pinned pipelined loop (3 in flight), and the
-// library end to end with many concurrent callers, all with the same generated kernel, then a table with ratios.
+// library end to end with many concurrent callers (2, 3, 6 and 8 batches in flight), all with the same generated
+// kernel, then a table with ratios, host CPU per item and GC counts. The raw loops' table is printed and saved before
+// the library stage starts, so a failing library stage cannot lose it.
 // Without CUDA it says so and runs a tiny smoke version (ILGPU's CPU accelerator for the raw loops, the managed CPU
 // path for the library) so that this keeps compiling and running.
-// usage: Batching.Benchmarks.Gpu [--seconds 3] [--callers 4000] [--batch 100] [--width 256]
+// usage: Batching.Benchmarks.Gpu [--seconds 3] [--callers 4000] [--batch 100] [--width 256] [--out results.md]
+//        Batching.Benchmarks.Gpu --host-cost [...]   (no device needed: see HostCost.cs)
 using System.Diagnostics;
 using Batching;
 using Batching.Ilgpu;
@@ -18,6 +21,19 @@ double seconds = Arg("--seconds", 3);
 int callers = (int)Arg("--callers", 4000);
 int batch = (int)Arg("--batch", 100);
 int width = (int)Arg("--width", 256);
+int outIndex = Array.IndexOf(args, "--out");
+string outPath = outIndex >= 0 && outIndex + 1 < args.Length ? args[outIndex + 1] : "gpu-benchmark.md";
+
+if (args.Contains("--host-cost"))
+{
+    callers = (int)Arg("--callers", 1000);
+    string header = $"# Host cost per item, fake device (no device time)\n\n{DateTime.UtcNow:yyyy-MM-dd}; {Environment.ProcessorCount} cores; {callers} callers; batch {batch}; width {width}; {seconds} s per run\n\n";
+    Console.WriteLine(header);
+    string table = await HostCost.RunAsync(seconds, callers, batch, width);
+    Console.WriteLine(table);
+    File.WriteAllText(outPath, header + table);
+    return;
+}
 
 CudaDriver.EnsureResolver();
 bool cuda;
@@ -102,53 +118,80 @@ using (Accelerator accelerator = cuda ? context.CreateCudaAccelerator(0) : conte
     }
 }
 
-// 3. The library end to end: many concurrent callers, MaxBatchSize = batch.
-{
-    await using var processor = GpuBatchProcessor.CreateRows<float, DenseRelu>(
-        new GpuRowOptions<float> { InputWidth = width, OutputWidth = width, Parameters = weights, Device = cuda ? GpuDevicePreference.Cuda : GpuDevicePreference.ManagedCpu, MaxBatchesInFlightPerDevice = 3 },
-        default, new BatchingOptions { MaxBatchSize = batch, QueueCapacity = Math.Max(batch, callers) });
-    ReadOnlyMemory<float>[] rows = Enumerable.Range(0, batch).Select(i => new ReadOnlyMemory<float>(input, i * width, width)).ToArray();
-    long items = 0;
-    async Task RunFor(TimeSpan duration)
-    {
-        var clock = Stopwatch.StartNew();
-        await Task.WhenAll(Enumerable.Range(0, callers).Select(async c =>
-        {
-            await Task.Yield();
-            for (int n = c; clock.Elapsed < duration; n++)
-            {
-                await processor.ProcessAsync(rows[n % rows.Length]);
-                Interlocked.Increment(ref items);
-            }
-        }));
-    }
+// The raw loops' numbers first, printed and saved, so that a failing library stage cannot lose them.
+string Table(IEnumerable<(string Name, double ItemsPerSecond, double MicrosPerBatch, double MeanBatch)> rows, double baselineRate, double pinnedRate) =>
+    "| variant | per batch | mean batch | items/s | vs sync pageable | vs pinned pipelined |\n|---|---|---|---|---|---|\n" +
+    string.Concat(rows.Select(r => $"| {r.Name} | {r.MicrosPerBatch:F1} µs | {r.MeanBatch:F1} | {r.ItemsPerSecond:N0} | {r.ItemsPerSecond / baselineRate:F2}x | {r.ItemsPerSecond / pinnedRate:P0} |\n"));
+string preamble = $"device: {(cuda ? "CUDA " + card : "ILGPU CPU accelerator / managed CPU (smoke run)")}; {width}->{width} dense ReLU; batch {batch}; {callers} callers; {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC\n\n";
+Console.WriteLine();
+Console.WriteLine(Table(results, results[0].ItemsPerSecond, results[1].ItemsPerSecond));
+File.WriteAllText(outPath, preamble + "raw loops (library stage not run yet)\n\n" + Table(results, results[0].ItemsPerSecond, results[1].ItemsPerSecond));
 
-    await RunFor(TimeSpan.FromSeconds(seconds / 4)); // warm-up
-    items = 0;
-    long batchesBefore = processor.GetDevices().Sum(d => d.CompletedBatches);
-    var sw = Stopwatch.StartNew();
-    await RunFor(TimeSpan.FromSeconds(seconds));
-    double elapsed = sw.Elapsed.TotalSeconds;
-    long batches = processor.GetDevices().Sum(d => d.CompletedBatches) - batchesBefore;
-    double meanBatch = batches == 0 ? 0 : (double)items / batches;
-    results.Add(($"library, {callers} callers", items / elapsed, batches == 0 ? 0 : elapsed * 1e6 / batches, meanBatch));
-    Console.WriteLine($"library devices: {string.Join("; ", processor.GetDevices())}");
+// 3. The library end to end: many concurrent callers, MaxBatchSize = batch, writing into their own buffers; batches
+// in flight swept. Host CPU per item is process CPU time over items (callers' loops included).
+var hostCosts = new List<string>();
+foreach (int inFlight in new[] { 2, 3, 6, 8 })
+{
+    try
+    {
+        await using IGpuRowProcessor<float> processor = GpuBatchProcessor.CreateRows<float, DenseRelu>(
+            new GpuRowOptions<float> { InputWidth = width, OutputWidth = width, Parameters = weights, Device = cuda ? GpuDevicePreference.Cuda : GpuDevicePreference.ManagedCpu, MaxBatchesInFlightPerDevice = inFlight },
+            default, new BatchingOptions { MaxBatchSize = batch, QueueCapacity = Math.Max(batch, callers) });
+        ReadOnlyMemory<float>[] rows = Enumerable.Range(0, batch).Select(i => new ReadOnlyMemory<float>(input, i * width, width)).ToArray();
+        long items = 0;
+        async Task RunFor(TimeSpan duration)
+        {
+            var clock = Stopwatch.StartNew();
+            await Task.WhenAll(Enumerable.Range(0, callers).Select(async c =>
+            {
+                await Task.Yield();
+                float[] output = new float[width];
+                for (int n = c; clock.Elapsed < duration; n++)
+                {
+                    await processor.ProcessRowAsync(rows[n % rows.Length], output);
+                    Interlocked.Increment(ref items);
+                }
+            }));
+        }
+
+        await RunFor(TimeSpan.FromSeconds(seconds / 4)); // warm-up
+        items = 0;
+        GC.Collect();
+        long batchesBefore = processor.GetDevices().Sum(d => d.CompletedBatches);
+        using var process = Process.GetCurrentProcess();
+        TimeSpan cpuBefore = process.TotalProcessorTime;
+        long allocatedBefore = GC.GetTotalAllocatedBytes(precise: true);
+        int gen0 = GC.CollectionCount(0), gen1 = GC.CollectionCount(1), gen2 = GC.CollectionCount(2);
+        var sw = Stopwatch.StartNew();
+        await RunFor(TimeSpan.FromSeconds(seconds));
+        double elapsed = sw.Elapsed.TotalSeconds;
+        process.Refresh();
+        double cpuNs = (process.TotalProcessorTime - cpuBefore).TotalSeconds * 1e9 / Math.Max(1, items);
+        double bytes = (double)(GC.GetTotalAllocatedBytes(precise: true) - allocatedBefore) / Math.Max(1, items);
+        long batches = processor.GetDevices().Sum(d => d.CompletedBatches) - batchesBefore;
+        double meanBatch = batches == 0 ? 0 : (double)items / batches;
+        results.Add(($"library, {callers} callers, {inFlight} in flight", items / elapsed, batches == 0 ? 0 : elapsed * 1e6 / batches, meanBatch));
+        hostCosts.Add($"| {inFlight} | {items / elapsed:N0} | {cpuNs:F0} ns | {bytes:F1} B | {GC.CollectionCount(0) - gen0} / {GC.CollectionCount(1) - gen1} / {GC.CollectionCount(2) - gen2} |");
+        Console.WriteLine($"library, {inFlight} in flight: {items / elapsed:N0} items/s; devices: {string.Join("; ", processor.GetDevices())}");
+    }
+    catch (Exception ex)
+    {
+        Console.WriteLine($"library, {inFlight} in flight: FAILED: {ex}");
+        hostCosts.Add($"| {inFlight} | FAILED: {ex.GetType().Name}: {ex.Message} | | | |");
+    }
 }
 
 double baseline = results[0].ItemsPerSecond;
 double pinned = results[1].ItemsPerSecond;
+double bestLibrary = results.Skip(2).Select(r => r.ItemsPerSecond).DefaultIfEmpty(0).Max();
+string verdict = cuda
+    ? $"targets (issue 14): best library >= 3x sync pageable: {(bestLibrary >= 3 * baseline ? "met" : "NOT met")} ({bestLibrary / baseline:F2}x); >= 60% of pinned pipelined: {(bestLibrary >= 0.6 * pinned ? "met" : "NOT met")} ({bestLibrary / pinned:P0})"
+    : "targets not evaluated: no CUDA device (CPU smoke run).";
+string report = preamble + Table(results, baseline, pinned) + "\n| library in flight | items/s | host CPU per item | allocated per item | gen0 / gen1 / gen2 GCs |\n|---|---|---|---|---|\n" +
+    string.Join("\n", hostCosts) + "\n\n" + verdict + "\n";
 Console.WriteLine();
-Console.WriteLine("| variant | per batch | mean batch | items/s | vs sync pageable | vs pinned pipelined |");
-Console.WriteLine("|---|---|---|---|---|---|");
-foreach (var r in results)
-{
-    Console.WriteLine($"| {r.Name} | {r.MicrosPerBatch:F1} µs | {r.MeanBatch:F1} | {r.ItemsPerSecond:N0} | {r.ItemsPerSecond / baseline:F2}x | {r.ItemsPerSecond / pinned:P0} |");
-}
-
-Console.WriteLine();
-Console.WriteLine(cuda
-    ? $"targets (issue 6): library >= 3x sync pageable: {(results[2].ItemsPerSecond >= 3 * baseline ? "met" : "NOT met")}; >= 60% of pinned pipelined: {(results[2].ItemsPerSecond >= 0.6 * pinned ? "met" : "NOT met")}"
-    : "targets not evaluated: no CUDA device (CPU smoke run).");
+Console.WriteLine(report);
+File.WriteAllText(outPath, report);
 
 (string, double, double, double) Measure(string name, Action once, Action? drain = null)
 {

@@ -107,19 +107,30 @@ internal sealed class RowGuard
     }
 }
 
-/// <summary>A small pool of guards; a call rents one and returns it after closing it.</summary>
+/// <summary>Guards for calls to come: one cached per thread (a call usually returns its guard on the thread that
+/// resumes its caller, which then makes the next call), the rest in a small shared stack.</summary>
 internal sealed class RowGuardPool
 {
+    [ThreadStatic]
+    private static RowGuard? t_cached;
+
     private readonly RowGuard[] _items = new RowGuard[256];
     private int _count;
 
     public RowGuard Rent()
     {
+        RowGuard? guard = t_cached;
+        if (guard is not null)
+        {
+            t_cached = null;
+            return guard;
+        }
+
         lock (_items)
         {
             if (_count > 0)
             {
-                RowGuard guard = _items[--_count];
+                guard = _items[--_count];
                 _items[_count] = null!;
                 return guard;
             }
@@ -130,6 +141,12 @@ internal sealed class RowGuardPool
 
     public void Return(RowGuard guard)
     {
+        if (t_cached is null)
+        {
+            t_cached = guard;
+            return;
+        }
+
         lock (_items)
         {
             if (_count < _items.Length)
