@@ -69,7 +69,7 @@ public class RowBufferTests
     }
 
     [Fact]
-    public async Task The_array_overloads_return_new_rows_and_fill_outputs_only_on_success()
+    public async Task The_array_overloads_return_new_rows_and_a_rejected_call_fills_nothing()
     {
         float[] weights = RowKernelTests.Weights(new Random(5), 2, 3);
         await using IGpuRowProcessor<float> processor = GpuBatchProcessor.CreateRows<float, DenseRelu>(RowKernelTests.Rows("managed", 2, 3, weights, rejectNonFinite: true));

@@ -151,9 +151,25 @@ internal sealed class GpuRowProcessor<T> : IGpuRowProcessor<T>, IBatchingHealthC
             calls[i] = new RowCall<T>(inputs.Span[i], results[i], guard, version);
         }
 
-        await RunCallsAsync(calls, rows, guard, version, options, cancellationToken).ConfigureAwait(false);
+        try
+        {
+            await RunCallsAsync(calls, rows, guard, version, options, cancellationToken).ConfigureAwait(false);
+        }
+        catch (BatchExecutionException ex) when (ex.ItemFailures.Count > 0)
+        {
+            // As for any multi-item call: the rows of the parts that succeeded are handed out, the failed ones not.
+            Span<T[]> target = outputs.Span;
+            int next = 0;
+            foreach (BatchItemFailure failure in ex.ItemFailures.OrderBy(f => f.StartIndex))
+            {
+                results.AsSpan(next, failure.StartIndex - next).CopyTo(target[next..]);
+                next = Math.Max(next, failure.StartIndex + failure.Count);
+            }
 
-        // Only a call that succeeded hands out its rows, each a new array.
+            results.AsSpan(next).CopyTo(target[next..]);
+            throw;
+        }
+
         results.CopyTo(outputs);
     }
 

@@ -88,9 +88,9 @@ public class StreamDeviceTests
     private const int Width = 3;
 
     private static IGpuRowProcessor<float> Processor(FakeBackend backend, TimeSpan launchTimeout, bool fallbackToCpu = true, int maxBatchSize = 8,
-        TimeSpan? executionTimeout = null) =>
+        TimeSpan? executionTimeout = null, int maxRetries = 2) =>
         GpuBatchProcessor.CreateRowsCore(
-            new GpuRowOptions<float> { InputWidth = Width, OutputWidth = Width, Device = GpuDevicePreference.ManagedCpu, ValidateKernelWithoutCuda = false, FallbackToCpu = fallbackToCpu },
+            new GpuRowOptions<float> { InputWidth = Width, OutputWidth = Width, Device = GpuDevicePreference.ManagedCpu, ValidateKernelWithoutCuda = false, FallbackToCpu = fallbackToCpu, MaxRetries = maxRetries },
             default(DoubleRow), new BatchingOptions { MaxBatchSize = maxBatchSize, QueueCapacity = 4096, ExecutionTimeout = executionTimeout ?? Timeout.InfiniteTimeSpan }, null, null,
             (program, max, _) => (
                 [StreamDevice<RowCall<float>, RowWritten, float, float>.Create("fake-gpu", GpuDeviceKind.Cuda, backend, program, max, 2, launchTimeout)],
@@ -192,6 +192,36 @@ public class StreamDeviceTests
         await using IGpuRowProcessor<float> processor = Processor(backend, TimeSpan.FromSeconds(30));
         await AssertDoubled(processor, 100);
         Assert.False(processor.GetDevices()[0].IsHealthy);
+    }
+
+    [Fact]
+    public async Task The_array_form_of_a_partly_failed_multi_row_call_hands_out_the_rows_that_succeeded()
+    {
+        // The first batch's stream faults; with no retry and no fallback its rows fail, and (the device now
+        // quarantined) so do the later ones; the rows of a batch that finished before are handed out.
+        var backend = new FakeBackend { FailSync = n => n == 2 ? new CudaException("CUDA_ERROR_ILLEGAL_ADDRESS") : null };
+        await using IGpuRowProcessor<float> processor = Processor(backend, TimeSpan.FromSeconds(30), fallbackToCpu: false, maxBatchSize: 4, maxRetries: 0);
+        backend.Running.Reset();
+        ReadOnlyMemory<float>[] rows = [.. Enumerable.Range(0, 10).Select(i => (ReadOnlyMemory<float>)Row(i))];
+        var outputs = new float[10][];
+        Task call = processor.ProcessManyAsync(rows, outputs).AsTask();
+        await DeviceRouterTests.WaitUntil(() => Volatile.Read(ref backend.Launches) >= 3); // warm-up + two batches in flight
+        backend.Running.Set();
+        var error = await Assert.ThrowsAsync<BatchExecutionException>(() => call.WaitAsync(TimeSpan.FromSeconds(30)));
+        var failed = error.ItemFailures.SelectMany(f => Enumerable.Range(f.StartIndex, f.Count)).ToHashSet();
+        Assert.NotEmpty(failed);
+        Assert.True(failed.Count < 10, "the first batch succeeded");
+        for (int i = 0; i < 10; i++)
+        {
+            if (failed.Contains(i))
+            {
+                Assert.Null(outputs[i]);
+            }
+            else
+            {
+                Assert.Equal(Row(i).Select(x => x * 2), outputs[i]);
+            }
+        }
     }
 
     [Fact]
