@@ -20,6 +20,13 @@ internal static class HostCost
         var random = new Random(1);
         float[][] rows = [.. Enumerable.Range(0, 64).Select(_ => Enumerable.Range(0, width).Select(_ => (float)random.NextDouble()).ToArray())];
         var results = new List<Result>();
+        if (Environment.GetEnvironmentVariable("HOST_COST_PROFILE") is { } profile)
+        {
+            // For a profiler: one variant only, the library's row path at the given number in flight.
+            await Library("library, ProcessRowAsync into caller buffers", int.Parse(profile, System.Globalization.CultureInfo.InvariantCulture), rows, seconds, callers, batch, width, arrays: false);
+            return "";
+        }
+
         foreach (int inFlight in new[] { 2, 3, 6, 8 })
         {
             results.Add(await Library($"library, ProcessRowAsync into caller buffers", inFlight, rows, seconds, callers, batch, width, arrays: false));
