@@ -48,9 +48,9 @@ public class GpuOptionsTests
     {
         var options = new BatchingOptions();
         await using var processor = GpuBatchProcessor.Create<float, float, SquarePlus>(default,
-            new GpuOptions { Device = GpuDevicePreference.ManagedCpu, ValidateKernelWithoutCuda = false, MaxBatchesInFlightPerDevice = 3 }, options);
+            new GpuOptions { Device = GpuDevicePreference.ManagedCpu, ValidateKernelWithoutCuda = false, MaxBatchesInFlightPerDevice = 5 }, options);
         Assert.Equal(1, options.MaxConcurrentBatches); // the caller's object is not changed
-        Assert.Equal(3, processor.GetDevices()[0].MaxInFlightBatches);
+        Assert.Equal(5, processor.GetDevices()[0].MaxInFlightBatches);
         Assert.Equal(1f, await processor.ProcessAsync(1f));
     }
 }
