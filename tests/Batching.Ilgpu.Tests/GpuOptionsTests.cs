@@ -11,7 +11,7 @@ public class GpuOptionsTests
         Assert.Equal(GpuDevicePreference.Auto, options.Device);
         Assert.Null(options.CudaDeviceIds);
         Assert.Equal(1, options.InstancesPerDevice);
-        Assert.Equal(2, options.MaxBatchesInFlightPerDevice);
+        Assert.Equal(3, options.MaxBatchesInFlightPerDevice);
         Assert.Equal(GpuOptions.DefaultMaxBatchesInFlightPerDevice, options.MaxBatchesInFlightPerDevice);
         Assert.Equal(2, options.MaxRetries);
         Assert.Equal(TimeSpan.FromSeconds(10), options.LaunchTimeout);
