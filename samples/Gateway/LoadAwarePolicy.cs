@@ -5,16 +5,19 @@ using Yarp.ReverseProxy.Model;
 namespace Batching.Samples.Gateway;
 
 /// <summary>
-/// Picks the instance with the lowest estimated wait, as each instance itself reports it on every response
-/// (<see cref="InstanceLoad.EstimatedWaitMs"/>: fresh on each reply, so no polling lag). Instances within
-/// <see cref="GatewayOptions.Tie"/> of the lowest tie; two of those, drawn at random, are compared by expected service
-/// time (observed latency × this gateway's requests in flight to it), so an idle cluster still favours its fast instances
-/// and no single instance takes a burst alone.
+/// Picks the instance that would answer soonest: the estimated wait each instance itself reports on every response
+/// (fresh on each reply, so no polling lag) plus its measured service time (<see cref="InstanceLoad.ExpectedCompletionMs"/>).
+/// Instances within <see cref="GatewayOptions.Tie"/> (or 10%) of the best tie; two of those, drawn at random, are
+/// compared by expected service time (observed latency × this gateway's requests in flight to it), so no single
+/// instance takes a burst alone between two reports.
 /// </summary>
 /// <remarks>YARP's PowerOfTwoChoices and LeastRequests see only the requests this proxy has in flight; the instance's
 /// queue also holds other clients' and other gateways' work, and a slow device holds each request longer.</remarks>
 internal sealed class LoadAwarePolicy(LoadBook book, GatewayOptions options) : ILoadBalancingPolicy
 {
+    // Scores this close to the best are noise (service times are moving averages): treat them as ties.
+    private const double RelativeTie = 0.1;
+
     private readonly double _tieMs = options.Tie.TotalMilliseconds;
 
     public string Name => GatewayOptions.LoadAware;
@@ -31,15 +34,16 @@ internal sealed class LoadAwarePolicy(LoadBook book, GatewayOptions options) : I
         double lowest = double.MaxValue;
         for (int i = 0; i < count; i++)
         {
-            waits[i] = book[availableDestinations[i].DestinationId].EstimatedWaitMs();
+            waits[i] = book[availableDestinations[i].DestinationId].ExpectedCompletionMs();
             lowest = Math.Min(lowest, waits[i]);
         }
 
         Span<int> tied = count <= 64 ? stackalloc int[count] : new int[count];
         int ties = 0;
+        double band = lowest + Math.Max(_tieMs, lowest * RelativeTie);
         for (int i = 0; i < count; i++)
         {
-            if (waits[i] <= lowest + _tieMs)
+            if (waits[i] <= band)
             {
                 tied[ties++] = i;
             }
@@ -59,7 +63,9 @@ internal sealed class LoadAwarePolicy(LoadBook book, GatewayOptions options) : I
             chosen = Service(a) <= Service(b) ? a : b;
         }
 
-        book[chosen.DestinationId].Picked();
+        InstanceLoad load = book[chosen.DestinationId];
+        LoadRecorder.Picked(context, load.EstimatedWaitMs());
+        load.Picked();
         return chosen;
     }
 
@@ -71,8 +77,16 @@ internal sealed class LoadAwarePolicy(LoadBook book, GatewayOptions options) : I
 internal static class LoadRecorder
 {
     private static readonly object StartKey = new();
+    private static readonly object WaitKey = new();
 
-    public static void AttemptStarted(HttpContext context) => context.Items[StartKey] = Stopwatch.GetTimestamp();
+    public static void AttemptStarted(HttpContext context)
+    {
+        context.Items[StartKey] = Stopwatch.GetTimestamp();
+        context.Items.Remove(WaitKey);
+    }
+
+    /// <summary>The load-aware policy's pick: the wait it expected, so the response can tell the service time apart.</summary>
+    public static void Picked(HttpContext context, double waitMs) => context.Items[WaitKey] = waitMs;
 
     public static void Record(HttpContext context, HttpResponseMessage? response, LoadBook book)
     {
@@ -89,7 +103,7 @@ internal static class LoadRecorder
 
         if (context.Items[StartKey] is long start)
         {
-            instance.Latency(Stopwatch.GetElapsedTime(start));
+            instance.Latency(Stopwatch.GetElapsedTime(start), context.Items[WaitKey] as double?);
         }
     }
 }

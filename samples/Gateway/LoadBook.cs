@@ -54,8 +54,8 @@ internal readonly record struct LoadReport(double EstimatedWaitMs, int Queued, i
 /// <summary>What the gateway knows of one instance's load, updated from every response it forwards.</summary>
 internal sealed class InstanceLoad(string address)
 {
-    // Weight of a new sample in the moving averages: about the last ten responses.
-    private const double Smoothing = 0.1;
+    // Weight of a new sample in the moving averages: about the last five responses.
+    private const double Smoothing = 0.2;
 
     private readonly Lock _lock = new();
     private LoadReport _last;
@@ -63,6 +63,7 @@ internal sealed class InstanceLoad(string address)
     private int _picksSinceReport;
     private double _msPerQueuedItem;
     private double _latencyMs;
+    private double _serviceMs;
 
     public string Address { get; } = address;
 
@@ -84,12 +85,19 @@ internal sealed class InstanceLoad(string address)
         }
     }
 
-    public void Latency(TimeSpan latency)
+    /// <summary>One response's latency; with <paramref name="waitAtPickMs"/> (the wait the policy expected when it picked
+    /// the instance) also a sample of its service time, the part of the latency that was not queueing.</summary>
+    public void Latency(TimeSpan latency, double? waitAtPickMs)
     {
         lock (_lock)
         {
             double ms = latency.TotalMilliseconds;
             _latencyMs = _latencyMs == 0 ? ms : _latencyMs + (Smoothing * (ms - _latencyMs));
+            if (waitAtPickMs is { } wait)
+            {
+                double service = Math.Max(0, ms - wait);
+                _serviceMs = _serviceMs == 0 ? service : _serviceMs + (Smoothing * (service - _serviceMs));
+            }
         }
     }
 
@@ -101,13 +109,24 @@ internal sealed class InstanceLoad(string address)
         }
     }
 
-    /// <summary>The wait a new request would see: the last reported wait, plus the requests sent since that report
-    /// (not yet in it) at the instance's measured cost per queued item.</summary>
+    /// <summary>The wait a new request would see: the last reported wait (or, if more, its queue at the instance's
+    /// measured cost per queued item: the report says 0 while a slot is free, however many items are queued behind it),
+    /// plus the requests sent since that report (not yet in it) at the same cost.</summary>
     public double EstimatedWaitMs()
     {
         lock (_lock)
         {
-            return _last.EstimatedWaitMs + (_picksSinceReport * _msPerQueuedItem);
+            return WaitMs();
+        }
+    }
+
+    /// <summary>When a request sent now would be answered: <see cref="EstimatedWaitMs"/> plus the instance's measured
+    /// service time, so a slow device with a free slot does not look better than a fast one with a short queue.</summary>
+    public double ExpectedCompletionMs()
+    {
+        lock (_lock)
+        {
+            return WaitMs() + _serviceMs;
         }
     }
 
@@ -118,6 +137,12 @@ internal sealed class InstanceLoad(string address)
         {
             return _latencyMs * (inFlight + 1);
         }
+    }
+
+    private double WaitMs()
+    {
+        Debug.Assert(_lock.IsHeldByCurrentThread);
+        return Math.Max(_last.EstimatedWaitMs, _last.Queued * _msPerQueuedItem) + (_picksSinceReport * _msPerQueuedItem);
     }
 
     public LoadReport Last

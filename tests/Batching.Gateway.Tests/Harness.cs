@@ -240,6 +240,23 @@ internal sealed class Workload
         return samples;
     }
 
+    /// <summary>As <see cref="ClosedLoopAsync"/>, until <paramref name="stop"/> is cancelled; every request sent is in the result.</summary>
+    public async Task<Sample[]> ClosedLoopUntilAsync(HttpClient client, Uri endpoint, int workers, CancellationToken stop, CancellationToken cancellationToken,
+        Action<int>? progress = null)
+    {
+        var samples = new System.Collections.Concurrent.ConcurrentQueue<Sample>();
+        int next = -1;
+        await Task.WhenAll(Enumerable.Range(0, workers).Select(_ => Task.Run(async () =>
+        {
+            while (!stop.IsCancellationRequested)
+            {
+                samples.Enqueue(await SendAsync(client, endpoint, Interlocked.Increment(ref next), cancellationToken));
+                progress?.Invoke(samples.Count);
+            }
+        }, cancellationToken)));
+        return [.. samples];
+    }
+
     /// <summary>Requests sent at <paramref name="perSecond"/> (Poisson arrivals) for <paramref name="duration"/>, each
     /// answered or not in its own time: the load does not slow down when the cluster does.</summary>
     public async Task<Sample[]> OpenLoopAsync(HttpClient client, Uri endpoint, double perSecond, TimeSpan duration, int seed, CancellationToken cancellationToken)
@@ -301,4 +318,56 @@ internal static class Prometheus
     }
 
     public static string Instance(Uri address) => $"batching_gateway_instance=\"{address}\"";
+}
+
+/// <summary>The heterogeneous cluster of the tests and the benchmark: two fast instances and one four times slower.</summary>
+/// <remarks>Small batches (4 items) and a simulated 20 ms device keep the cluster's capacity (2 slots × 4 items per
+/// 20 ms per fast instance, a quarter of that for the slow one: about 900 requests/s) within what the gateway, the
+/// instances and the load generator can drive together on a 2-core machine, and make device time, not CPU, dominate latency.</remarks>
+internal static class ClusterShape
+{
+    public const int MaxBatchSize = 4;
+    public const double BatchMs = 20;
+    public const int Slots = 2;
+    public const double SlowFactor = 4;
+
+    /// <summary>Items per second the three instances can serve at most.</summary>
+    public static double CapacityPerSecond => Slots * MaxBatchSize * 1000 / BatchMs * (2 + (1 / SlowFactor));
+
+    public static string[] InstanceArgs(bool slow) =>
+    [
+        "--Batching:MaxBatchSize", MaxBatchSize.ToString(CultureInfo.InvariantCulture),
+        "--Inference:BatchDelayMs", BatchMs.ToString(CultureInfo.InvariantCulture),
+        "--Inference:SlowdownFactor", (slow ? SlowFactor : 1).ToString(CultureInfo.InvariantCulture),
+    ];
+
+    /// <summary>A gateway's arguments: the instances, the policy, and quick health checks (so a test sees changes soon).</summary>
+    public static string[] GatewayArgs(string policy, params Uri[] instances) =>
+    [
+        .. instances.SelectMany((uri, i) => new[] { $"--Gateway:Instances:{i}", uri.ToString() }),
+        "--Gateway:Policy", policy,
+        "--Gateway:HealthIntervalMs", "200",
+        "--Gateway:ReactivationMs", "1000",
+    ];
+
+    /// <summary>Starts the processes in parallel and waits until every one is ready; on failure kills them all.</summary>
+    public static async Task<SampleProcess[]> StartAllAsync(HttpClient client, TimeSpan patience, params (string Name, string Dll, string[] Args)[] processes)
+    {
+        var started = new List<SampleProcess>();
+        try
+        {
+            foreach ((string name, string dll, string[] args) in processes)
+            {
+                started.Add(SampleProcess.Start(name, dll, SampleProcess.FreePort(), args));
+            }
+
+            await Task.WhenAll(started.Select(p => p.WaitReadyAsync(client, patience)));
+            return [.. started];
+        }
+        catch
+        {
+            started.ForEach(p => p.Dispose());
+            throw;
+        }
+    }
 }
