@@ -36,8 +36,13 @@ public static class GatewayApp
         builder.Services.AddSingleton<IPassiveHealthCheckPolicy, TransportFailurePolicy>();
         builder.Services.AddHttpClient();
         builder.Services.AddHostedService<LoadPoller>();
-        builder.Services.AddReverseProxy()
-            .LoadFromMemory([Route()], [Cluster(options)])
+        IReverseProxyBuilder reverseProxy = builder.Services.AddReverseProxy();
+        if (options.ResolveDns)
+        {
+            reverseProxy.AddDnsDestinationResolver(o => o.RefreshPeriod = options.DnsRefresh);
+        }
+
+        reverseProxy.LoadFromMemory([Route()], [Cluster(options)])
             .AddTransforms(transforms => transforms.AddResponseTransform(context =>
             {
                 LoadBook book = context.HttpContext.RequestServices.GetRequiredService<LoadBook>();
@@ -60,6 +65,10 @@ public static class GatewayApp
         WebApplication app = builder.Build();
         app.UseStatusCodePages();
         app.MapHealthChecks("/healthz", new HealthCheckOptions { ResponseWriter = WriteHealthAsync });
+
+        // Liveness: the process answers. /healthz is not for that: it is Unhealthy when no instance is, and restarting
+        // the gateway would not bring one back.
+        app.MapGet("/livez", () => "alive");
         app.MapPrometheusScrapingEndpoint("/metrics");
         app.MapReverseProxy(proxy =>
         {

@@ -36,7 +36,7 @@ internal sealed class GatewayMetrics
             "{instance}", "Instances the gateway routes to now (healthy, or not yet probed).");
         meter.CreateObservableGauge("batching.gateway.instance.available", () => PerInstance(proxy, (d, c) => c.DestinationsState.AvailableDestinations.Contains(d) ? 1 : 0),
             "{instance}", "1 while the instance is in rotation, 0 while it is out.");
-        meter.CreateObservableGauge("batching.gateway.instance.estimated_wait", () => PerInstance(proxy, (d, _) => book[d.DestinationId].EstimatedWaitMs() / 1000),
+        meter.CreateObservableGauge("batching.gateway.instance.estimated_wait", () => PerInstance(proxy, (d, _) => book[d].EstimatedWaitMs() / 1000),
             "s", "The instance's estimated wait as the gateway last heard it, plus the requests sent since.");
     }
 
@@ -44,12 +44,12 @@ internal sealed class GatewayMetrics
     {
         if (destination is not null)
         {
-            _routed.Add(1, new KeyValuePair<string, object?>(InstanceTag, _book[destination.DestinationId].Address));
+            _routed.Add(1, new KeyValuePair<string, object?>(InstanceTag, _book[destination].Address));
         }
     }
 
     public void Retried(string reason, DestinationState failed) =>
-        _retries.Add(1, new(ReasonTag, reason), new(InstanceTag, _book[failed.DestinationId].Address));
+        _retries.Add(1, new(ReasonTag, reason), new(InstanceTag, _book[failed].Address));
 
     public void Failed(string reason) => _failed.Add(1, new KeyValuePair<string, object?>(ReasonTag, reason));
 
@@ -64,6 +64,6 @@ internal sealed class GatewayMetrics
         }
 
         return [.. cluster.DestinationsState.AllDestinations.Select(d =>
-            new Measurement<T>(value(d, cluster), new KeyValuePair<string, object?>(InstanceTag, _book[d.DestinationId].Address)))];
+            new Measurement<T>(value(d, cluster), new KeyValuePair<string, object?>(InstanceTag, _book[d].Address)))];
     }
 }

@@ -35,6 +35,14 @@ public sealed class GatewayOptions
     /// (<c>Gateway:TieMs</c>, default 1).</summary>
     public TimeSpan Tie { get; private init; } = TimeSpan.FromMilliseconds(1);
 
+    /// <summary>Whether each instance URL's host name is resolved to all of its addresses, one instance per address, and
+    /// re-resolved every <see cref="DnsRefresh"/> (<c>Gateway:ResolveDns</c>, default false): for a Kubernetes headless
+    /// Service, whose name resolves to every ready pod.</summary>
+    public bool ResolveDns { get; private init; }
+
+    /// <summary>How often names are resolved again with <see cref="ResolveDns"/> (<c>Gateway:DnsRefreshMs</c>, default 5000).</summary>
+    public TimeSpan DnsRefresh { get; private init; } = TimeSpan.FromSeconds(5);
+
     /// <summary>The longest request body the gateway buffers for a retry (<c>Gateway:MaxBodyBytes</c>, default 4 MiB).</summary>
     public int MaxBodyBytes { get; private init; } = 4 << 20;
 
@@ -81,12 +89,21 @@ public sealed class GatewayOptions
             LoadStale = Milliseconds(section, "LoadStaleMs", 500, 10, 3_600_000),
             Tie = Milliseconds(section, "TieMs", 1, 0, 60_000),
             MaxBodyBytes = (int)Number(section, "MaxBodyBytes", 4 << 20, 1024, 1 << 30),
+            ResolveDns = Flag(section, "ResolveDns"),
+            DnsRefresh = Milliseconds(section, "DnsRefreshMs", 5000, 100, 3_600_000),
         };
     }
 
     private static int Index(string key) => int.TryParse(key, NumberStyles.None, CultureInfo.InvariantCulture, out int index)
         ? index
         : throw new ArgumentException($"Gateway:Instances:{key} is not an index; list instances as Gateway:Instances:0, Gateway:Instances:1, ...");
+
+    private static bool Flag(IConfiguration section, string key) => section[key] switch
+    {
+        null or "" => false,
+        { } text when bool.TryParse(text, out bool value) => value,
+        { } text => throw new ArgumentException($"Gateway:{key} must be true or false; it was '{text}'."),
+    };
 
     private static TimeSpan Milliseconds(IConfiguration section, string key, double fallback, double min, double max) =>
         TimeSpan.FromMilliseconds(Number(section, key, fallback, min, max));

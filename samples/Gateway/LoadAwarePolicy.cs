@@ -34,7 +34,7 @@ internal sealed class LoadAwarePolicy(LoadBook book, GatewayOptions options) : I
         double lowest = double.MaxValue;
         for (int i = 0; i < count; i++)
         {
-            waits[i] = book[availableDestinations[i].DestinationId].ExpectedCompletionMs();
+            waits[i] = book[availableDestinations[i]].ExpectedCompletionMs();
             lowest = Math.Min(lowest, waits[i]);
         }
 
@@ -63,13 +63,13 @@ internal sealed class LoadAwarePolicy(LoadBook book, GatewayOptions options) : I
             chosen = Service(a) <= Service(b) ? a : b;
         }
 
-        InstanceLoad load = book[chosen.DestinationId];
+        InstanceLoad load = book[chosen];
         LoadRecorder.Picked(context, load.EstimatedWaitMs());
         load.Picked();
         return chosen;
     }
 
-    private double Service(DestinationState destination) => book[destination.DestinationId].ExpectedServiceMs(destination.ConcurrentRequestCount);
+    private double Service(DestinationState destination) => book[destination].ExpectedServiceMs(destination.ConcurrentRequestCount);
 }
 
 /// <summary>The response side of routing: every response's load header into the <see cref="LoadBook"/>, with the
@@ -95,7 +95,7 @@ internal static class LoadRecorder
             return;
         }
 
-        InstanceLoad instance = book[destination.DestinationId];
+        InstanceLoad instance = book[destination];
         if (response.Headers.TryGetValues(LoadReport.HeaderName, out IEnumerable<string>? values) && LoadReport.Parse(values.FirstOrDefault()) is { } report)
         {
             instance.Report(report);

@@ -1,6 +1,7 @@
 using System.Collections.Concurrent;
 using System.Diagnostics;
 using System.Globalization;
+using Yarp.ReverseProxy.Model;
 
 namespace Batching.Samples.Gateway;
 
@@ -174,6 +175,8 @@ internal sealed class LoadBook
 
     public IEnumerable<KeyValuePair<string, InstanceLoad>> All => _instances;
 
-    /// <summary>The instance behind <paramref name="destinationId"/>; one is made for an id the book did not know.</summary>
-    public InstanceLoad this[string destinationId] => _instances.GetOrAdd(destinationId, id => new InstanceLoad(id));
+    /// <summary>The instance behind <paramref name="destination"/>; one is made for a destination the book did not know
+    /// (one that DNS resolution added: <c>Gateway:ResolveDns</c>).</summary>
+    public InstanceLoad this[DestinationState destination] =>
+        _instances.GetOrAdd(destination.DestinationId, static (_, d) => new InstanceLoad(d.Model.Config.Address), destination);
 }

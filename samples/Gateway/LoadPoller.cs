@@ -35,7 +35,7 @@ internal sealed class LoadPoller(LoadBook book, GatewayOptions options, IHttpCli
                         instance.Report(report);
                     }
                 }
-                catch (Exception ex) when (ex is HttpRequestException or TaskCanceledException && !stoppingToken.IsCancellationRequested)
+                catch (Exception ex) when (ex is HttpRequestException or UriFormatException or TaskCanceledException && !stoppingToken.IsCancellationRequested)
                 {
                     // Down or slow: health checks take it out of rotation; the book keeps its last report.
                     logger.LogDebug(ex, "Load poll of {Address} failed.", instance.Address);

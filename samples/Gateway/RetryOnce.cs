@@ -53,7 +53,7 @@ internal sealed class RetryOnce(RequestDelegate next, LoadBook book, GatewayMetr
         if (others.Length == 0)
         {
             metrics.Failed(reason);
-            await NoInstanceAsync(context, reason, $"The instance ({book[first.DestinationId].Address}) {Describe(reason)} and no other instance is in rotation.");
+            await NoInstanceAsync(context, reason, $"The instance ({book[first].Address}) {Describe(reason)} and no other instance is in rotation.");
             return;
         }
 
@@ -73,13 +73,13 @@ internal sealed class RetryOnce(RequestDelegate next, LoadBook book, GatewayMetr
         if (Failure(context) == "transport" && !context.Response.HasStarted)
         {
             metrics.Failed("transport");
-            string where = second is null ? "no instance" : book[second.DestinationId].Address;
-            await NoInstanceAsync(context, "transport", $"The first instance ({book[first.DestinationId].Address}) {Describe(reason)}; the retry on {where} could not be sent either.");
+            string where = second is null ? "no instance" : book[second].Address;
+            await NoInstanceAsync(context, "transport", $"The first instance ({book[first].Address}) {Describe(reason)}; the retry on {where} could not be sent either.");
         }
         else if (second is null && !context.Response.HasStarted)
         {
             metrics.Failed(reason);
-            await NoInstanceAsync(context, reason, $"The instance ({book[first.DestinationId].Address}) {Describe(reason)} and no other instance was available for the retry.");
+            await NoInstanceAsync(context, reason, $"The instance ({book[first].Address}) {Describe(reason)} and no other instance was available for the retry.");
         }
     }
 
