@@ -334,8 +334,12 @@ internal static class ClusterShape
     /// <summary>Items per second the three instances can serve at most.</summary>
     public static double CapacityPerSecond => Slots * MaxBatchSize * 1000 / BatchMs * (2 + (1 / SlowFactor));
 
+    /// <summary>Queue capacity: a quarter of the default, so an overloaded instance turns Degraded (and refuses) within seconds.</summary>
+    public const int QueueCapacity = 256;
+
     public static string[] InstanceArgs(bool slow) =>
     [
+        "--Batching:QueueCapacity", QueueCapacity.ToString(CultureInfo.InvariantCulture),
         "--Batching:MaxBatchSize", MaxBatchSize.ToString(CultureInfo.InvariantCulture),
         "--Inference:BatchDelayMs", BatchMs.ToString(CultureInfo.InvariantCulture),
         "--Inference:SlowdownFactor", (slow ? SlowFactor : 1).ToString(CultureInfo.InvariantCulture),
@@ -349,25 +353,4 @@ internal static class ClusterShape
         "--Gateway:HealthIntervalMs", "200",
         "--Gateway:ReactivationMs", "1000",
     ];
-
-    /// <summary>Starts the processes in parallel and waits until every one is ready; on failure kills them all.</summary>
-    public static async Task<SampleProcess[]> StartAllAsync(HttpClient client, TimeSpan patience, params (string Name, string Dll, string[] Args)[] processes)
-    {
-        var started = new List<SampleProcess>();
-        try
-        {
-            foreach ((string name, string dll, string[] args) in processes)
-            {
-                started.Add(SampleProcess.Start(name, dll, SampleProcess.FreePort(), args));
-            }
-
-            await Task.WhenAll(started.Select(p => p.WaitReadyAsync(client, patience)));
-            return [.. started];
-        }
-        catch
-        {
-            started.ForEach(p => p.Dispose());
-            throw;
-        }
-    }
 }
