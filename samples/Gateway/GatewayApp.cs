@@ -1,6 +1,4 @@
 using System.Globalization;
-using System.Text;
-using System.Text.Json;
 using Microsoft.AspNetCore.Diagnostics.HealthChecks;
 using Microsoft.Extensions.Diagnostics.HealthChecks;
 using OpenTelemetry.Metrics;
@@ -129,29 +127,15 @@ public static class GatewayApp
         },
     };
 
+    // {"status":…,"description":"2 of 3 instance(s) in rotation.","instances":{"http://…/":"in rotation",…}}: the one check, flattened.
     private static Task WriteHealthAsync(HttpContext context, HealthReport report)
     {
-        context.Response.ContentType = "application/json; charset=utf-8";
-        using var stream = new MemoryStream();
-        using (var json = new Utf8JsonWriter(stream))
+        HealthReportEntry entry = report.Entries.Values.Single();
+        return context.Response.WriteAsJsonAsync(new
         {
-            json.WriteStartObject();
-            json.WriteString("status", report.Status.ToString());
-            foreach ((string name, HealthReportEntry entry) in report.Entries)
-            {
-                json.WriteString("description", entry.Description);
-                json.WriteStartObject(name);
-                foreach ((string key, object value) in entry.Data)
-                {
-                    json.WriteString(key, value.ToString());
-                }
-
-                json.WriteEndObject();
-            }
-
-            json.WriteEndObject();
-        }
-
-        return context.Response.WriteAsync(Encoding.UTF8.GetString(stream.ToArray()));
+            status = report.Status.ToString(),
+            description = entry.Description,
+            instances = entry.Data.ToDictionary(d => d.Key, d => d.Value.ToString(), StringComparer.Ordinal),
+        });
     }
 }

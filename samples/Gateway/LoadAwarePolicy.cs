@@ -19,6 +19,7 @@ internal sealed class LoadAwarePolicy(LoadBook book, GatewayOptions options) : I
     private const double RelativeTie = 0.1;
 
     private readonly double _tieMs = options.Tie.TotalMilliseconds;
+    private readonly TimeSpan _stale = options.LoadStale;
 
     public string Name => GatewayOptions.LoadAware;
 
@@ -28,6 +29,16 @@ internal sealed class LoadAwarePolicy(LoadBook book, GatewayOptions options) : I
         if (count == 0)
         {
             return null;
+        }
+
+        // An instance that answered nothing for LoadStale gets one request, so a stale estimate gets corrected; when the
+        // estimate was right, that costs one request per LoadStale.
+        for (int i = 0; i < count; i++)
+        {
+            if (book[availableDestinations[i]].TryExplore(_stale))
+            {
+                return Chosen(context, availableDestinations[i]);
+            }
         }
 
         Span<double> waits = count <= 64 ? stackalloc double[count] : new double[count];
@@ -63,6 +74,11 @@ internal sealed class LoadAwarePolicy(LoadBook book, GatewayOptions options) : I
             chosen = Service(a) <= Service(b) ? a : b;
         }
 
+        return Chosen(context, chosen);
+    }
+
+    private DestinationState Chosen(HttpContext context, DestinationState chosen)
+    {
         InstanceLoad load = book[chosen];
         LoadRecorder.Picked(context, load.EstimatedWaitMs());
         load.Picked();

@@ -58,6 +58,8 @@ internal sealed class InstanceLoad(string address)
     // Weight of a new sample in the moving averages: about the last five responses.
     private const double Smoothing = 0.2;
 
+    private const int WarmUpSamples = 4;
+
     private readonly Lock _lock = new();
     private LoadReport _last;
     private long _reportedAt;
@@ -65,6 +67,9 @@ internal sealed class InstanceLoad(string address)
     private double _msPerQueuedItem;
     private double _latencyMs;
     private double _serviceMs;
+    private int _serviceSamples;
+    private long _servedAt;
+    private long _exploredAt;
 
     public string Address { get; } = address;
 
@@ -94,10 +99,16 @@ internal sealed class InstanceLoad(string address)
         {
             double ms = latency.TotalMilliseconds;
             _latencyMs = _latencyMs == 0 ? ms : _latencyMs + (Smoothing * (ms - _latencyMs));
+            _servedAt = Stopwatch.GetTimestamp();
             if (waitAtPickMs is { } wait)
             {
+                // The first responses include JIT and connection set-up: the least of them starts the average, so one
+                // slow start cannot make an instance look slow until it is picked again.
                 double service = Math.Max(0, ms - wait);
-                _serviceMs = _serviceMs == 0 ? service : _serviceMs + (Smoothing * (service - _serviceMs));
+                _serviceMs = _serviceSamples == 0 ? service
+                    : _serviceSamples < WarmUpSamples ? Math.Min(_serviceMs, service)
+                    : _serviceMs + (Smoothing * (service - _serviceMs));
+                _serviceSamples++;
             }
         }
     }
@@ -118,6 +129,24 @@ internal sealed class InstanceLoad(string address)
         lock (_lock)
         {
             return WaitMs();
+        }
+    }
+
+    /// <summary>Whether the instance has answered nothing for <paramref name="stale"/>, nor been explored since: then it
+    /// is to get the next request whatever its estimate, so an estimate gone stale (a pause, a slow start) cannot keep it
+    /// unused for good. Marks it explored.</summary>
+    public bool TryExplore(TimeSpan stale)
+    {
+        lock (_lock)
+        {
+            long now = Stopwatch.GetTimestamp();
+            if (Stopwatch.GetElapsedTime(Math.Max(_servedAt, _exploredAt), now) < stale)
+            {
+                return false;
+            }
+
+            _exploredAt = now;
+            return true;
         }
     }
 
