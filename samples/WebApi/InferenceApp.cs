@@ -48,21 +48,48 @@ public static class InferenceApp
 
         IConfigurationSection batching = builder.Configuration.GetSection("Batching");
         FlushPolicy policy = ParsePolicy(batching["Policy"]);
-        builder.Services.AddBatching()
-            .AddGpuRowProcessor<float, DenseReluKernel>(Rows, configure: o =>
-            {
-                // A web service sheds load rather than queueing without bound: Reject maps to 503 + Retry-After.
-                o.Name = BatchedName;
-                o.MaxBatchSize = 64;
-                o.QueueCapacity = 1024;
-                o.QueueFullMode = QueueFullMode.Reject;
-                o.FlushPolicy = policy;
-                // Two levels: 0 (the default) for interactive requests, 1 for bulk or background work ("priority": 1).
-                // With the default weights (2 : 1), level 0 gets two thirds of the dispatched items while both have work,
-                // and level 1 never starves. Batching:PriorityLevels (and Batching:PriorityWeights) change it.
-                o.PriorityLevels = PriorityLevels;
-                batching.Bind(o);
-            })
+        void Batched(BatchingOptions o)
+        {
+            // A web service sheds load rather than queueing without bound: Reject maps to 503 + Retry-After.
+            o.Name = BatchedName;
+            o.MaxBatchSize = 64;
+            o.QueueCapacity = 1024;
+            o.QueueFullMode = QueueFullMode.Reject;
+            o.FlushPolicy = policy;
+            // Two levels: 0 (the default) for interactive requests, 1 for bulk or background work ("priority": 1).
+            // With the default weights (2 : 1), level 0 gets two thirds of the dispatched items while both have work,
+            // and level 1 never starves. Batching:PriorityLevels (and Batching:PriorityWeights) change it.
+            o.PriorityLevels = PriorityLevels;
+            batching.Bind(o);
+        }
+
+        IBatchingBuilder processors = builder.Services.AddBatching();
+        (double slowdown, TimeSpan batchDelay) = SlowDevice.Read(builder.Configuration);
+        if (slowdown == 1 && batchDelay == TimeSpan.Zero)
+        {
+            processors.AddGpuRowProcessor<float, DenseReluKernel>(Rows, configure: Batched);
+        }
+        else
+        {
+            // A slower device: the batches run on the real one, then sleep out the rest of their time (see SlowDevice).
+            processors
+                .AddKeyedGpuRowProcessor<float, DenseReluKernel>(SlowDevice.DeviceKey, Rows, configure: o =>
+                {
+                    o.Name = SlowDevice.DeviceKey;
+                    o.MaxBatchSize = 1024;
+                    o.QueueCapacity = 4096;
+                    o.MaxDelay = TimeSpan.Zero;
+                    o.FlushPolicy = FlushPolicy.Deadline;
+                })
+                .AddProcessor(services => SlowDevice.Handler(
+                    services.GetRequiredKeyedService<IBatchProcessor<ReadOnlyMemory<float>, float[]>>(SlowDevice.DeviceKey), slowdown, batchDelay), o =>
+                {
+                    o.MaxConcurrentBatches = GpuOptions.DefaultMaxBatchesInFlightPerDevice;
+                    Batched(o);
+                });
+        }
+
+        processors
             .AddKeyedGpuRowProcessor<float, DenseReluKernel>(UnbatchedKey, Rows, configure: o =>
             {
                 // The same model and device, one item per launch: the baseline that batching is measured against.
