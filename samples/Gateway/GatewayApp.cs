@@ -23,7 +23,9 @@ public static class GatewayApp
     public static WebApplication Build(string[] args)
     {
         WebApplicationBuilder builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = args, ContentRootPath = AppContext.BaseDirectory });
-        builder.WebHost.UseUrls(LoopbackUrl(builder.Configuration["port"]));
+        string url = LoopbackUrl(builder.Configuration["port"]);
+        // --Server:AllInterfaces true: the same port on every interface, for a container behind a Service; never the default.
+        builder.WebHost.UseUrls(builder.Configuration.GetValue("Server:AllInterfaces", false) ? url.Replace("127.0.0.1", "0.0.0.0", StringComparison.Ordinal) : url);
         GatewayOptions options = GatewayOptions.Read(builder.Configuration.GetSection("Gateway"));
 
         builder.Services.AddSingleton(options);

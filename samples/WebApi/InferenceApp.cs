@@ -30,7 +30,7 @@ public static class InferenceApp
     {
         // Content root at the binary, so appsettings.json is found whatever the working directory.
         WebApplicationBuilder builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = args, ContentRootPath = AppContext.BaseDirectory });
-        builder.WebHost.UseUrls(LoopbackUrl(builder.Configuration));
+        builder.WebHost.UseUrls(ListenUrl(builder.Configuration));
 
         var model = new ModelOptions();
         builder.Configuration.GetSection("Model").Bind(model);
@@ -141,6 +141,14 @@ public static class InferenceApp
     };
 
     /// <summary>The one address to listen on: <c>--port N</c>, else <c>--urls</c> / ASPNETCORE_URLS, else port 5080; always 127.0.0.1.</summary>
+    /// <summary>The loopback address, or the same port on every interface with <c>--Server:AllInterfaces true</c> (for a
+    /// container behind a Kubernetes Service; never the default, so running the sample exposes nothing).</summary>
+    internal static string ListenUrl(IConfiguration configuration)
+    {
+        string loopback = LoopbackUrl(configuration);
+        return configuration.GetValue("Server:AllInterfaces", false) ? loopback.Replace("127.0.0.1", "0.0.0.0", StringComparison.Ordinal) : loopback;
+    }
+
     internal static string LoopbackUrl(IConfiguration configuration)
     {
         if (configuration["port"] is { } port)

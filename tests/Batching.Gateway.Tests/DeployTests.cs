@@ -136,6 +136,10 @@ public sealed class DeployTests(ClusterFixture cluster)
         List<string> args = [.. List(container, "args").Cast<string>()];
         int at = args.IndexOf("--port");
         Assert.True(at >= 0 && at + 1 < args.Count, "The container passes no --port.");
+
+        // The samples bind loopback unless told otherwise; a pod must be reachable on its own address.
+        int all = args.IndexOf("--Server:AllInterfaces");
+        Assert.True(all >= 0 && all + 1 < args.Count && args[all + 1] == "true", "The container does not pass --Server:AllInterfaces true.");
         return args[at + 1];
     }
 

@@ -30,6 +30,14 @@ public sealed class AddressTests
         Assert.Contains(port is null ? "http://127.0.0.1:PORT" : "--port", error.Message, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public void Every_interface_only_when_asked_for()
+    {
+        Assert.Equal("http://127.0.0.1:8080", InferenceApp.ListenUrl(Config("8080", null)));
+        IConfiguration all = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?> { ["port"] = "8080", ["Server:AllInterfaces"] = "true" }).Build();
+        Assert.Equal("http://0.0.0.0:8080", InferenceApp.ListenUrl(all));
+    }
+
     private static IConfiguration Config(string? port, string? urls) =>
         new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?> { ["port"] = port, ["urls"] = urls }).Build();
 }
