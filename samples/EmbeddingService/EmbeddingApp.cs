@@ -15,6 +15,9 @@ public static class EmbeddingApp
     /// <summary>The port used when neither <c>--port</c> nor <c>--urls</c> is given.</summary>
     public const int DefaultPort = 5085;
 
+    /// <summary>The service key of the generator <c>UseBatching()</c> wraps (the model, unbatched); tests replace it.</summary>
+    public const string InnerKey = "embeddings-inner";
+
     /// <summary>The source and meter name of the pipeline's <c>UseOpenTelemetry()</c> stage (Microsoft.Extensions.AI's default).</summary>
     public const string GenAiSourceName = "Experimental.Microsoft.Extensions.AI";
 
@@ -35,10 +38,14 @@ public static class EmbeddingApp
         builder.Services.AddSingleton(_ => model.Value);
 
         IConfigurationSection batching = builder.Configuration.GetSection("Batching");
-        builder.Services.AddEmbeddingGenerator(sp => new MiniLmEmbeddingGenerator(sp.GetRequiredService<MiniLmModel>(), sp.GetService<TimeProvider>()))
+        builder.Services.AddKeyedSingleton<IEmbeddingGenerator<string, Embedding<float>>>(InnerKey,
+            (sp, _) => new MiniLmEmbeddingGenerator(sp.GetRequiredService<MiniLmModel>(), sp.GetService<TimeProvider>()));
+        builder.Services.AddEmbeddingGenerator(sp => sp.GetRequiredKeyedService<IEmbeddingGenerator<string, Embedding<float>>>(InnerKey))
             // Before UseBatching: one span per request, and each batch activity links to the spans of the requests it carried.
             .UseOpenTelemetry(sourceName: GenAiSourceName)
             .UseBatching(o => ConfigureBatching(o, batching, model));
+        // A request larger than the queue could never be admitted in Reject mode; it gets a 400, not an endless 503.
+        builder.Services.AddSingleton(new EmbeddingsLimits(Math.Min(EmbeddingsEndpoint.MaxInputs, batching.GetValue("QueueCapacity", 1024))));
         builder.Services.AddSingleton<IBatchingHealthContributor>(sp =>
             sp.GetRequiredService<IEmbeddingGenerator<string, Embedding<float>>>().GetRequiredService<IBatchingHealthContributor>());
 
@@ -55,8 +62,8 @@ public static class EmbeddingApp
 
         app.UseExceptionHandler();
         app.UseStatusCodePages();
-        app.MapPost("/v1/embeddings", (HttpContext context, IEmbeddingGenerator<string, Embedding<float>> generator, MiniLmModel model, ILoggerFactory logs) =>
-            EmbeddingsEndpoint.HandleAsync(context, generator, model, logs));
+        app.MapPost("/v1/embeddings", (HttpContext context, IEmbeddingGenerator<string, Embedding<float>> generator, MiniLmModel model,
+            EmbeddingsLimits limits, ILoggerFactory logs) => EmbeddingsEndpoint.HandleAsync(context, generator, model, limits, logs));
         app.MapHealthChecks("/healthz", new HealthCheckOptions { ResponseWriter = WriteHealthAsync });
         app.MapPrometheusScrapingEndpoint("/metrics");
 
@@ -70,8 +77,9 @@ public static class EmbeddingApp
     }
 
     /// <summary>
-    /// The service's batching defaults, then the <c>Batching</c> section. <c>Batching:TokenBudget</c> N &gt; 0 turns on
-    /// length-aware batching: each input weighs its token count and a batch carries at most N tokens.
+    /// The service's batching defaults, then the <c>Batching</c> section: any <see cref="BatchingOptions"/> setting,
+    /// <c>Batching:Policy</c> (adaptive, deadline or size), and <c>Batching:TokenBudget</c> N &gt; 0 for length-aware
+    /// batching (each input weighs its token count and a batch carries at most N tokens).
     /// </summary>
     internal static void ConfigureBatching(BatchingOptions options, IConfiguration section, Lazy<MiniLmModel> model)
     {
@@ -80,6 +88,13 @@ public static class EmbeddingApp
         options.QueueCapacity = 1024;
         options.QueueFullMode = QueueFullMode.Reject;
         section.Bind(options);
+        options.FlushPolicy = section["Policy"]?.ToLowerInvariant() switch
+        {
+            null or "" or "adaptive" => FlushPolicy.Adaptive(),
+            "deadline" => FlushPolicy.Deadline,
+            "size" => FlushPolicy.Size(),
+            string other => throw new ArgumentException($"Batching:Policy must be adaptive, deadline or size; it was '{other}'."),
+        };
         int budget = section.GetValue("TokenBudget", 0);
         if (budget < 0)
         {

@@ -12,6 +12,9 @@ namespace Batching.Samples.EmbeddingService;
 /// validates the body (naming the field at fault), makes one <c>GenerateAsync</c> call for all the request's inputs,
 /// and maps the pipeline's failures to HTTP.
 /// </summary>
+/// <summary>The most inputs one request may carry here: <see cref="EmbeddingsEndpoint.MaxInputs"/>, or the queue's capacity if smaller.</summary>
+internal sealed record EmbeddingsLimits(int MaxInputs);
+
 internal static class EmbeddingsEndpoint
 {
     /// <summary>The most inputs one request may carry: two full batches of the default processor. Clients with more
@@ -22,7 +25,7 @@ internal static class EmbeddingsEndpoint
     public const int MaxBodyBytes = 4 << 20;
 
     public static async Task<IResult> HandleAsync(HttpContext context, IEmbeddingGenerator<string, Embedding<float>> generator, MiniLmModel model,
-        ILoggerFactory logs)
+        EmbeddingsLimits limits, ILoggerFactory logs)
     {
         if (!context.Request.HasJsonContentType())
         {
@@ -49,7 +52,7 @@ internal static class EmbeddingsEndpoint
             return Problem(ex.StatusCode, "Bad request", ex.Message);
         }
 
-        if (Validate(request, model, out string[] inputs, out bool base64) is { } invalid)
+        if (Validate(request, model, limits.MaxInputs, out string[] inputs, out bool base64) is { } invalid)
         {
             return invalid;
         }
@@ -92,7 +95,7 @@ internal static class EmbeddingsEndpoint
     }
 
     /// <summary>The 400 for the first problem with the request, naming its field; <see langword="null"/> when it is valid.</summary>
-    private static IResult? Validate(EmbeddingsRequest? request, MiniLmModel model, out string[] inputs, out bool base64)
+    private static IResult? Validate(EmbeddingsRequest? request, MiniLmModel model, int maxInputs, out string[] inputs, out bool base64)
     {
         inputs = [];
         base64 = false;
@@ -133,9 +136,9 @@ internal static class EmbeddingsEndpoint
                 return Problem(StatusCodes.Status400BadRequest, "Empty input", "'input' must hold at least one string; it was an empty array.");
             }
 
-            if (count > MaxInputs)
+            if (count > maxInputs)
             {
-                return Problem(StatusCodes.Status400BadRequest, "Too many inputs", $"'input' may hold at most {MaxInputs} strings in one request; it held {count}.");
+                return Problem(StatusCodes.Status400BadRequest, "Too many inputs", $"'input' may hold at most {maxInputs} strings in one request; it held {count}.");
             }
 
             inputs = new string[count];
@@ -211,6 +214,7 @@ internal static class EmbeddingsEndpoint
                     ReadOnlySpan<float> vector = embeddings[i].Vector.Span;
                     if (base64)
                     {
+                        // OpenAI's base64 is little-endian float32, the memory layout on x64 and arm64.
                         json.WriteBase64String("embedding", MemoryMarshal.AsBytes(vector));
                     }
                     else
