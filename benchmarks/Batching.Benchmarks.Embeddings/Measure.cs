@@ -13,12 +13,11 @@ internal sealed class RunCounter(IEmbeddingGenerator<string, Embedding<float>> i
 {
     private long _calls;
     private long _values;
-    private long _tokens;
 
-    public (long Calls, long Values, long Tokens, long Runs, long Padded) Read()
+    public (long Calls, long Values, long Runs, long Tokens, long Padded) Read()
     {
-        (long runs, long padded) = model.Counters;
-        return (Interlocked.Read(ref _calls), Interlocked.Read(ref _values), Interlocked.Read(ref _tokens), runs, padded);
+        (long runs, long tokens, long padded) = model.Counters;
+        return (Interlocked.Read(ref _calls), Interlocked.Read(ref _values), runs, tokens, padded);
     }
 
     public override Task<GeneratedEmbeddings<Embedding<float>>> GenerateAsync(IEnumerable<string> values, EmbeddingGenerationOptions? options = null,
@@ -27,7 +26,6 @@ internal sealed class RunCounter(IEmbeddingGenerator<string, Embedding<float>> i
         string[] texts = [.. values];
         Interlocked.Increment(ref _calls);
         Interlocked.Add(ref _values, texts.Length);
-        Interlocked.Add(ref _tokens, texts.Sum(model.CountTokens));
         return base.GenerateAsync(texts, options, cancellationToken);
     }
 }
@@ -87,7 +85,7 @@ internal static class Measure
         long tokens = after.Tokens - before.Tokens;
         long padded = after.Padded - before.Padded;
         return new Result(all.Length / seconds, Percentile(all, 0.50), Percentile(all, 0.99), all.Length,
-            calls == 0 ? 0 : (double)values / calls, runs == 0 ? 0 : (double)values / runs, padded == 0 ? 0 : Math.Max(0, 1 - ((double)tokens / padded)));
+            calls == 0 ? 0 : (double)values / calls, runs == 0 ? 0 : (double)values / runs, padded == 0 ? 0 : 1 - ((double)tokens / padded));
     }
 
     private static double Percentile(double[] sorted, double p) =>

@@ -10,7 +10,7 @@ internal sealed record Setup(string Name, string Settings, int Threads, double M
 
 /// <summary>
 /// all-MiniLM-L6-v2 on ONNX Runtime, closed loop, C callers each embedding one sentence per call:
-///   [--callers 1,16,64] [--seconds S] [--warmup S] [--out DIR]   the table of issue 12; writes embeddings.md
+///   [--callers 1,16,64] [--rounds 3] [--seconds S] [--warmup S] [--out DIR]   the table of issue 12; writes embeddings.md
 ///   --sweep [--callers 64]                                        every candidate setup at C callers, for tuning
 ///   --quick                                                       a few seconds of each, into a temp folder (numbers mean nothing)
 /// </summary>
@@ -76,21 +76,28 @@ public static class Program
         Console.WriteLine($"{corpus.Length} sentences, tokens p50 {lengths[lengths.Length / 2]}, mean {lengths.Average():F1}, max {lengths[^1]}; device {ModelFor(0).Device}");
 
         Setup[] setups = sweep ? Candidates : [Unbatched, UnbatchedOneThread, LibraryDefault, Tuned, TunedTwoBatches];
-        var results = new Dictionary<(string, int), Result>();
+        int rounds = int.Parse(Option(args, "--rounds") ?? (quick || sweep ? "1" : "3"), CultureInfo.InvariantCulture);
+        var results = new Dictionary<(string, int), List<Result>>();
         var started = DateTime.UtcNow;
-        foreach (int c in callers)
+        // Rounds, each running every system once with the starting system rotated: on a shared machine the load drifts,
+        // and comparing systems within a round (then taking medians) keeps the drift out of the ratios.
+        for (int round = 0; round < rounds; round++)
         {
-            foreach (Setup setup in setups)
+            foreach (int c in callers)
             {
-                Result r = await RunAsync(setup, ModelFor(setup.Threads, setup.MaxPadding), corpus, c, warmup, duration);
-                results[(setup.Name, c)] = r;
-                Console.WriteLine($"C={c,3} {setup.Name,-40} {r.SentencesPerSecond,7:F1}/s p50 {r.P50Ms,8:F1} ms p99 {r.P99Ms,8:F1} ms  batch {r.MeanBatch,5:F1} run {r.MeanRun,5:F1}  padding {r.PaddingShare:P0}");
+                for (int k = 0; k < setups.Length; k++)
+                {
+                    Setup setup = setups[(k + round) % setups.Length];
+                    Result r = await RunAsync(setup, ModelFor(setup.Threads, setup.MaxPadding), corpus, c, warmup, duration);
+                    (results.TryGetValue((setup.Name, c), out List<Result>? seen) ? seen : results[(setup.Name, c)] = []).Add(r);
+                    Console.WriteLine($"round {round + 1} C={c,3} {setup.Name,-40} {r.SentencesPerSecond,7:F1}/s p50 {r.P50Ms,8:F1} ms p99 {r.P99Ms,8:F1} ms  batch {r.MeanBatch,5:F1} run {r.MeanRun,5:F1}  padding {r.PaddingShare:P0}  load {Machine.LoadAverage()}");
+                }
             }
         }
 
         if (!sweep)
         {
-            StringBuilder page = Page.Build(command, quick, DateTime.UtcNow - started, corpus, lengths, ModelFor(0).Device, callers, setups, results,
+            StringBuilder page = Page.Build(command, quick, DateTime.UtcNow - started, corpus, lengths, ModelFor(0).Device, callers, rounds, setups, results,
                 Unbatched, UnbatchedOneThread, LibraryDefault, Tuned);
             ResultsPage.Write(page, output, "embeddings", quick);
         }

@@ -53,6 +53,7 @@ internal sealed class MiniLmModel : IDisposable
     private readonly string _output;
     private readonly double _maxPadding;
     private long _runs;
+    private long _tokens;
     private long _paddedTokens;
 
     public MiniLmModel(ModelOptions options)
@@ -86,8 +87,9 @@ internal sealed class MiniLmModel : IDisposable
     /// <summary>Where inference runs, for the start-up log line.</summary>
     public string Device { get; }
 
-    /// <summary>Model runs so far, and the tokens they ran, padding included (for benchmarks).</summary>
-    public (long Runs, long PaddedTokens) Counters => (Interlocked.Read(ref _runs), Interlocked.Read(ref _paddedTokens));
+    /// <summary>Model runs so far, the tokens they read, and the tokens they ran, padding included (for benchmarks).</summary>
+    public (long Runs, long Tokens, long PaddedTokens) Counters =>
+        (Interlocked.Read(ref _runs), Interlocked.Read(ref _tokens), Interlocked.Read(ref _paddedTokens));
 
     /// <summary>The token ids of <paramref name="text"/>, [CLS] and [SEP] included, not truncated.</summary>
     public IReadOnlyList<int> Tokenize(string text) => _tokenizer.EncodeToIds(text, addSpecialTokens: true);
@@ -149,9 +151,11 @@ internal sealed class MiniLmModel : IDisposable
     {
         int n = run.Length;
         int longest = 0;
+        int tokens = 0;
         foreach (int i in run)
         {
             longest = Math.Max(longest, ids[i].Count);
+            tokens += ids[i].Count;
         }
 
         var inputIds = new long[n * longest];
@@ -177,6 +181,7 @@ internal sealed class MiniLmModel : IDisposable
             ["input_ids", "attention_mask", "token_type_ids"], [idsValue, maskValue, typesValue], [_output]);
         cancellationToken.ThrowIfCancellationRequested();
         Interlocked.Increment(ref _runs);
+        Interlocked.Add(ref _tokens, tokens);
         Interlocked.Add(ref _paddedTokens, (long)n * longest);
         ReadOnlySpan<float> hidden = outputs[0].GetTensorDataAsSpan<float>();
         for (int r = 0; r < n; r++)
