@@ -64,7 +64,7 @@ public static class EmbeddingApp
         app.UseStatusCodePages();
         app.MapPost("/v1/embeddings", (HttpContext context, IEmbeddingGenerator<string, Embedding<float>> generator, MiniLmModel model,
             EmbeddingsLimits limits, ILoggerFactory logs) => EmbeddingsEndpoint.HandleAsync(context, generator, model, limits, logs));
-        app.MapHealthChecks("/healthz", new HealthCheckOptions { ResponseWriter = WriteHealthAsync });
+        app.MapHealthChecks("/healthz", new HealthCheckOptions { ResponseWriter = ServiceResponses.WriteHealthAsync });
         app.MapPrometheusScrapingEndpoint("/metrics");
 
         // Load the model and run it once now: loading 90 MB and the first run's allocations must not land on the first request.
@@ -128,36 +128,5 @@ public static class EmbeddingApp
         return Uri.TryCreate(urls.Trim(), UriKind.Absolute, out Uri? uri) && uri.Scheme == Uri.UriSchemeHttp && uri.Host is "127.0.0.1" or "localhost"
             ? $"http://127.0.0.1:{uri.Port}"
             : throw new ArgumentException($"This sample listens on one http://127.0.0.1:PORT address only; ASPNETCORE_URLS/--urls was '{urls}'. Use --port N.");
-    }
-
-    private static Task WriteHealthAsync(HttpContext context, HealthReport report)
-    {
-        var buffer = new System.Buffers.ArrayBufferWriter<byte>();
-        using (var json = new Utf8JsonWriter(buffer))
-        {
-            json.WriteStartObject();
-            json.WriteString("status", report.Status.ToString());
-            json.WriteStartObject("checks");
-            foreach ((string name, HealthReportEntry entry) in report.Entries)
-            {
-                json.WriteStartObject(name);
-                json.WriteString("status", entry.Status.ToString());
-                json.WriteString("description", entry.Description);
-                json.WriteStartObject("data");
-                foreach ((string key, object value) in entry.Data)
-                {
-                    json.WriteString(key, value.ToString());
-                }
-
-                json.WriteEndObject();
-                json.WriteEndObject();
-            }
-
-            json.WriteEndObject();
-            json.WriteEndObject();
-        }
-
-        context.Response.ContentType = "application/json; charset=utf-8";
-        return context.Response.Body.WriteAsync(buffer.WrittenMemory).AsTask();
     }
 }

@@ -64,28 +64,9 @@ internal static class EmbeddingsEndpoint
             GeneratedEmbeddings<Embedding<float>> embeddings = await generator.GenerateAsync(inputs, cancellationToken: context.RequestAborted);
             return new EmbeddingsResult(embeddings, base64);
         }
-        catch (BatchQueueFullException ex)
+        catch (Exception ex) when (ServiceResponses.Handles(ex, context))
         {
-            context.Response.Headers.RetryAfter = "1";
-            return Problem(StatusCodes.Status503ServiceUnavailable, "Queue full", ex.Message);
-        }
-        catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested)
-        {
-            // Nobody is left to read a response; 499 only shows in the server's own logs and metrics.
-            return TypedResults.StatusCode(499);
-        }
-        catch (ObjectDisposedException)
-        {
-            context.Response.Headers.RetryAfter = "1";
-            return Problem(StatusCodes.Status503ServiceUnavailable, "Shutting down", "The service is shutting down; retry on another instance.");
-        }
-        catch (TimeoutException ex)
-        {
-            return Problem(StatusCodes.Status504GatewayTimeout, "Embedding timed out", ex.Message);
-        }
-        catch (ArgumentException ex)
-        {
-            return Problem(StatusCodes.Status400BadRequest, "Input rejected", ex.Message);
+            return ServiceResponses.Problem(ex, context, "Embedding");
         }
         catch (BatchExecutionException ex)
         {
@@ -191,8 +172,7 @@ internal static class EmbeddingsEndpoint
         _ => "null",
     };
 
-    private static IResult Problem(int status, string title, string detail) =>
-        TypedResults.Problem(detail: detail, statusCode: status, title: title);
+    private static IResult Problem(int status, string title, string detail) => ServiceResponses.Problem(status, title, detail);
 
     /// <summary>The OpenAI response: <c>data[i].embedding</c> for <c>input[i]</c>, the model, and the usage.</summary>
     private sealed class EmbeddingsResult(GeneratedEmbeddings<Embedding<float>> embeddings, bool base64) : IResult

@@ -106,29 +106,9 @@ internal static class InferEndpoint
             await processor.ProcessManyAsync(inputs, results, options, context.RequestAborted);
             return TypedResults.Json(new InferManyResponse(results), AppJson.Default.InferManyResponse);
         }
-        catch (BatchQueueFullException ex)
+        catch (Exception ex) when (ServiceResponses.Handles(ex, context))
         {
-            context.Response.Headers.RetryAfter = "1";
-            return Problem(StatusCodes.Status503ServiceUnavailable, "Queue full", ex.Message);
-        }
-        catch (OperationCanceledException) when (context.RequestAborted.IsCancellationRequested)
-        {
-            // Nobody is left to read a response; 499 only shows in the server's own logs and metrics.
-            return TypedResults.StatusCode(499);
-        }
-        catch (ObjectDisposedException)
-        {
-            context.Response.Headers.RetryAfter = "1";
-            return Problem(StatusCodes.Status503ServiceUnavailable, "Shutting down", "The service is shutting down; retry on another instance.");
-        }
-        catch (TimeoutException ex)
-        {
-            // Queued past timeout_ms (every vector of the request), or a batch that ran past BatchingOptions.ExecutionTimeout.
-            return Problem(StatusCodes.Status504GatewayTimeout, "Inference timed out", ex.Message);
-        }
-        catch (ArgumentException ex)
-        {
-            return Problem(StatusCodes.Status400BadRequest, "Input rejected", ex.Message);
+            return ServiceResponses.Problem(ex, context, "Inference");
         }
         catch (BatchExecutionException ex) when (ex.ItemFailures.Count > 0 && ex.ItemFailures.All(f => f.Error is TimeoutException))
         {
@@ -202,6 +182,5 @@ internal static class InferEndpoint
         return $"{ranges}{(failures.Count > 8 ? ", ..." : "")} ({failed} of {total} vectors)";
     }
 
-    private static IResult Problem(int status, string title, string detail) =>
-        TypedResults.Problem(detail: detail, statusCode: status, title: title);
+    private static IResult Problem(int status, string title, string detail) => ServiceResponses.Problem(status, title, detail);
 }

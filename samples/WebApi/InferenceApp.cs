@@ -119,7 +119,7 @@ public static class InferenceApp
         app.MapPost("/v1/infer-unbatched", (HttpContext context, [FromKeyedServices(UnbatchedKey)] IBatchProcessor<ReadOnlyMemory<float>, float[]> processor,
             ModelOptions model, ILoggerFactory logs) => InferEndpoint.HandleAsync(context, processor, model, logs));
         app.MapCompletions();
-        app.MapHealthChecks("/healthz", new HealthCheckOptions { ResponseWriter = WriteHealthAsync });
+        app.MapHealthChecks("/healthz", new HealthCheckOptions { ResponseWriter = ServiceResponses.WriteHealthAsync });
         app.MapPrometheusScrapingEndpoint("/metrics");
 
         // Build both processors now: kernel compilation and device start-up must not land on the first request.
@@ -176,36 +176,5 @@ public static class InferenceApp
         }
 
         return $"http://127.0.0.1:{uri.Port}";
-    }
-
-    private static Task WriteHealthAsync(HttpContext context, HealthReport report)
-    {
-        context.Response.ContentType = "application/json; charset=utf-8";
-        using var stream = new MemoryStream();
-        using (var json = new Utf8JsonWriter(stream))
-        {
-            json.WriteStartObject();
-            json.WriteString("status", report.Status.ToString());
-            json.WriteStartObject("checks");
-            foreach ((string name, HealthReportEntry entry) in report.Entries)
-            {
-                json.WriteStartObject(name);
-                json.WriteString("status", entry.Status.ToString());
-                json.WriteString("description", entry.Description);
-                json.WriteStartObject("data");
-                foreach ((string key, object value) in entry.Data)
-                {
-                    json.WriteString(key, value.ToString());
-                }
-
-                json.WriteEndObject();
-                json.WriteEndObject();
-            }
-
-            json.WriteEndObject();
-            json.WriteEndObject();
-        }
-
-        return context.Response.WriteAsync(Encoding.UTF8.GetString(stream.ToArray()));
     }
 }
