@@ -83,6 +83,11 @@ public static class GpuBatchProcessor
         {
             settings.ItemWeight = (Func<RowCall<T>, int>)(call => weight(call.Input));
         }
+        else if (settings.ItemWeight is { } other)
+        {
+            throw new ArgumentException(
+                $"BatchingOptions.ItemWeight must be a Func<ReadOnlyMemory<{typeof(T).Name}>, int> for a row processor; it was {other.GetType()}.", nameof(BatchingOptions.ItemWeight));
+        }
 
         GpuProcessor<RowCall<T>, RowWritten> inner = GpuProcessorBuilder.Build(program, rowOptions, settings, loggerFactory, meterFactory, devices);
         return new GpuRowProcessor<T>(inner, rowOptions.InputWidth, rowOptions.OutputWidth);

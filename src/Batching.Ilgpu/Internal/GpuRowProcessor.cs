@@ -1,5 +1,4 @@
 using System.Buffers;
-using System.Runtime.CompilerServices;
 using Microsoft.Extensions.Diagnostics.HealthChecks;
 
 namespace Batching.Ilgpu.Internal;
@@ -16,7 +15,6 @@ internal sealed class GpuRowProcessor<T> : IGpuRowProcessor<T>, IBatchingHealthC
     where T : unmanaged
 {
     private readonly GpuProcessor<RowCall<T>, RowWritten> _inner;
-    private readonly RowGuardPool _guards = new();
 
     public GpuRowProcessor(GpuProcessor<RowCall<T>, RowWritten> inner, int inputWidth, int outputWidth)
     {
@@ -46,7 +44,7 @@ internal sealed class GpuRowProcessor<T> : IGpuRowProcessor<T>, IBatchingHealthC
             return ValueTask.FromException(problem);
         }
 
-        return RunRowAsync(input, output, options, cancellationToken);
+        return RowOperation<T>.Start(_inner, input, output, options, cancellationToken);
     }
 
     public ValueTask ProcessRowsAsync(ReadOnlyMemory<T> inputs, Memory<T> outputs, RequestOptions options = default, CancellationToken cancellationToken = default)
@@ -71,7 +69,9 @@ internal sealed class GpuRowProcessor<T> : IGpuRowProcessor<T>, IBatchingHealthC
         ProcessAsync(input, default, cancellationToken);
 
     public ValueTask<T[]> ProcessAsync(ReadOnlyMemory<T> input, RequestOptions options, CancellationToken cancellationToken = default) =>
-        CheckRow(input, nameof(input)) is { } problem ? ValueTask.FromException<T[]>(problem) : RunArrayAsync(input, options, cancellationToken);
+        CheckRow(input, nameof(input)) is { } problem
+            ? ValueTask.FromException<T[]>(problem)
+            : RowOperation<T>.StartArray(_inner, input, OutputWidth, options, cancellationToken);
 
     public ValueTask ProcessManyAsync(ReadOnlyMemory<ReadOnlyMemory<T>> inputs, Memory<T[]> outputs, RequestOptions options = default,
         CancellationToken cancellationToken = default)
@@ -98,35 +98,13 @@ internal sealed class GpuRowProcessor<T> : IGpuRowProcessor<T>, IBatchingHealthC
 
     public void Dispose() => _inner.Dispose();
 
-    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
-    private async ValueTask RunRowAsync(ReadOnlyMemory<T> input, Memory<T> output, RequestOptions options, CancellationToken cancellationToken)
-    {
-        RowGuard guard = _guards.Rent();
-        int version = guard.Version;
-        try
-        {
-            await _inner.ProcessAsync(new RowCall<T>(input, output, guard, version), options, cancellationToken).ConfigureAwait(false);
-        }
-        finally
-        {
-            guard.Close(version);
-            _guards.Return(guard);
-        }
-    }
-
-    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
-    private async ValueTask<T[]> RunArrayAsync(ReadOnlyMemory<T> input, RequestOptions options, CancellationToken cancellationToken)
-    {
-        var result = new T[OutputWidth];
-        await RunRowAsync(input, result, options, cancellationToken).ConfigureAwait(false);
-        return result;
-    }
-
+    // The async methods below use the default builder, whose state is never pooled: a caller who misuses the returned
+    // ValueTask can only hurt itself. They run per multi-row call, not per row.
     private ValueTask RunRowsAsync(ReadOnlyMemory<T> inputs, Memory<T> outputs, int rows, RequestOptions options, CancellationToken cancellationToken)
     {
         // One guard for the whole call: its rows complete together, and every batch that carries some of them writes
         // inside it.
-        RowGuard guard = _guards.Rent();
+        RowGuard guard = CallCache<RowGuard>.Rent();
         int version = guard.Version;
         RowCall<T>[] calls = ArrayPool<RowCall<T>>.Shared.Rent(rows);
         for (int i = 0; i < rows; i++)
@@ -137,12 +115,11 @@ internal sealed class GpuRowProcessor<T> : IGpuRowProcessor<T>, IBatchingHealthC
         return RunCallsAsync(calls, rows, guard, version, options, cancellationToken);
     }
 
-    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask RunArraysAsync(ReadOnlyMemory<ReadOnlyMemory<T>> inputs, Memory<T[]> outputs, RequestOptions options, CancellationToken cancellationToken)
     {
         int rows = inputs.Length;
         var results = new T[rows][];
-        RowGuard guard = _guards.Rent();
+        RowGuard guard = CallCache<RowGuard>.Rent();
         int version = guard.Version;
         RowCall<T>[] calls = ArrayPool<RowCall<T>>.Shared.Rent(rows);
         for (int i = 0; i < rows; i++)
@@ -173,21 +150,28 @@ internal sealed class GpuRowProcessor<T> : IGpuRowProcessor<T>, IBatchingHealthC
         results.CopyTo(outputs);
     }
 
-    /// <summary>Runs k rows as one multi-item call, then closes their guard and returns the rented arrays.</summary>
-    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
+    /// <summary>Runs k rows as one multi-item call, then closes their guard and returns the rented arrays. A row whose
+    /// buffer could not be read or written fails the call, naming it.</summary>
     private async ValueTask RunCallsAsync(RowCall<T>[] calls, int rows, RowGuard guard, int version, RequestOptions options, CancellationToken cancellationToken)
     {
         RowWritten[] written = ArrayPool<RowWritten>.Shared.Rent(rows);
         try
         {
             await _inner.ProcessManyAsync(calls.AsMemory(0, rows), written.AsMemory(0, rows), options, cancellationToken).ConfigureAwait(false);
+            for (int i = 0; i < rows; i++)
+            {
+                if (written[i].Error is { } error)
+                {
+                    throw new ArgumentException($"Row {i}'s buffer could not be used: {error.Message}", "inputs", error);
+                }
+            }
         }
         finally
         {
             guard.Close(version);
-            _guards.Return(guard);
+            CallCache<RowGuard>.Return(guard);
             ArrayPool<RowCall<T>>.Shared.Return(calls, clearArray: true);
-            ArrayPool<RowWritten>.Shared.Return(written);
+            ArrayPool<RowWritten>.Shared.Return(written, clearArray: true);
         }
     }
 

@@ -55,8 +55,9 @@ internal abstract class KernelProgram<TIn, TOut, TDevIn, TDevOut>
     /// device is skipped, and the next one (or the CPU path) is used.</remarks>
     public abstract LoadedKernel<TDevIn, TDevOut> Load(Accelerator accelerator, string deviceName);
 
-    /// <summary>Stages <paramref name="items"/> for the device. Must not throw for inputs <see cref="Check"/> accepted.</summary>
-    public abstract void Pack(ReadOnlySpan<TIn> items, Span<TDevIn> staging);
+    /// <summary>Stages <paramref name="items"/> for the device. Must not throw for inputs <see cref="Check"/> accepted; an
+    /// item whose own memory fails to read gets its failure in <paramref name="outputs"/> (row calls).</summary>
+    public abstract void Pack(ReadOnlySpan<TIn> items, Span<TDevIn> staging, Span<TOut> outputs);
 
     /// <summary>Hands a finished batch's device results to its items.</summary>
     public abstract void Unpack(ReadOnlySpan<TDevOut> staging, ReadOnlySpan<TIn> inputs, Span<TOut> outputs);
@@ -196,7 +197,7 @@ internal sealed class ItemProgram<TIn, TOut, TKernel> : KernelProgram<TIn, TOut,
         return new LoadedKernel<TIn, TOut>((stream, count, inputs, outputs) => kernel(stream, count, inputs, outputs, instance), null);
     }
 
-    public override void Pack(ReadOnlySpan<TIn> items, Span<TIn> staging) => items.CopyTo(staging);
+    public override void Pack(ReadOnlySpan<TIn> items, Span<TIn> staging, Span<TOut> outputs) => items.CopyTo(staging);
 
     public override void Unpack(ReadOnlySpan<TOut> staging, ReadOnlySpan<TIn> inputs, Span<TOut> outputs) => staging.CopyTo(outputs);
 

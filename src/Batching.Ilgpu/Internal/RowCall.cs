@@ -54,8 +54,12 @@ internal readonly struct RowCall<T>(ReadOnlyMemory<T> input, Memory<T> output, R
     }
 }
 
-/// <summary>What the engine returns for a row: nothing; the result is in the caller's buffer.</summary>
-internal readonly struct RowWritten;
+/// <summary>What the engine returns for a row: the result is in the caller's buffer, unless reading the input or writing
+/// the output failed (a disposed native buffer, say), which fails that row's caller alone.</summary>
+internal readonly struct RowWritten(Exception? error)
+{
+    public Exception? Error { get; } = error;
+}
 
 /// <summary>
 /// Keeps a batch from writing into a caller's output buffer after the call has completed. The engine releases a
@@ -107,51 +111,52 @@ internal sealed class RowGuard
     }
 }
 
-/// <summary>Guards for calls to come: one cached per thread (a call usually returns its guard on the thread that
+/// <summary>Objects for calls to come: one cached per thread (a call usually returns its object on the thread that
 /// resumes its caller, which then makes the next call), the rest in a small shared stack.</summary>
-internal sealed class RowGuardPool
+internal static class CallCache<TItem>
+    where TItem : class, new()
 {
     [ThreadStatic]
-    private static RowGuard? t_cached;
+    private static TItem? t_cached;
 
-    private readonly RowGuard[] _items = new RowGuard[256];
-    private int _count;
+    private static readonly TItem[] s_items = new TItem[256];
+    private static int s_count;
 
-    public RowGuard Rent()
+    public static TItem Rent()
     {
-        RowGuard? guard = t_cached;
-        if (guard is not null)
+        TItem? item = t_cached;
+        if (item is not null)
         {
             t_cached = null;
-            return guard;
+            return item;
         }
 
-        lock (_items)
+        lock (s_items)
         {
-            if (_count > 0)
+            if (s_count > 0)
             {
-                guard = _items[--_count];
-                _items[_count] = null!;
-                return guard;
+                item = s_items[--s_count];
+                s_items[s_count] = null!;
+                return item;
             }
         }
 
-        return new RowGuard();
+        return new TItem();
     }
 
-    public void Return(RowGuard guard)
+    public static void Return(TItem item)
     {
         if (t_cached is null)
         {
-            t_cached = guard;
+            t_cached = item;
             return;
         }
 
-        lock (_items)
+        lock (s_items)
         {
-            if (_count < _items.Length)
+            if (s_count < s_items.Length)
             {
-                _items[_count++] = guard;
+                s_items[s_count++] = item;
             }
         }
     }

@@ -61,16 +61,25 @@ internal sealed unsafe class RowProgram<T, TKernel> : KernelProgram<RowCall<T>, 
             parameters);
     }
 
-    public override void Pack(ReadOnlySpan<RowCall<T>> items, Span<T> staging)
+    public override void Pack(ReadOnlySpan<RowCall<T>> items, Span<T> staging, Span<RowWritten> outputs)
     {
         int width = InputWidth;
         for (int i = 0; i < items.Length; i++)
         {
             Span<T> target = staging.Slice(i * width, width);
-            if (!items[i].Read(target))
+            try
             {
-                // The call has completed already: its result will be dropped, and its buffer is the caller's again.
+                if (!items[i].Read(target))
+                {
+                    // The call has completed already: its result will be dropped, and its buffer is the caller's again.
+                    target.Clear();
+                }
+            }
+            catch (Exception ex)
+            {
+                // The caller's memory cannot be read (a disposed native buffer): that row fails, not its batch or device.
                 target.Clear();
+                outputs[i] = new RowWritten(ex);
             }
         }
     }
@@ -80,7 +89,22 @@ internal sealed unsafe class RowProgram<T, TKernel> : KernelProgram<RowCall<T>, 
         int width = OutputWidth;
         for (int i = 0; i < inputs.Length; i++)
         {
-            inputs[i].Write(staging.Slice(i * width, width));
+            if (outputs[i].Error is null)
+            {
+                Write(inputs[i], staging.Slice(i * width, width), ref outputs[i]);
+            }
+        }
+    }
+
+    private static void Write(RowCall<T> call, ReadOnlySpan<T> result, ref RowWritten written)
+    {
+        try
+        {
+            call.Write(result);
+        }
+        catch (Exception ex)
+        {
+            written = new RowWritten(ex);
         }
     }
 
@@ -104,14 +128,26 @@ internal sealed unsafe class RowProgram<T, TKernel> : KernelProgram<RowCall<T>, 
                 try
                 {
                     ReadOnlySpan<RowCall<T>> calls = inputs.Span;
+                    Span<RowWritten> written = outputs.Span;
                     for (int i = start; i < end; i++)
                     {
                         Span<T> row = scratch.AsSpan(0, inputWidth);
                         Span<T> result = scratch.AsSpan(inputWidth, outputWidth);
-                        if (calls[i].Read(row))
+                        bool pending;
+                        try
+                        {
+                            pending = calls[i].Read(row);
+                        }
+                        catch (Exception ex)
+                        {
+                            written[i] = new RowWritten(ex);
+                            continue;
+                        }
+
+                        if (pending)
                         {
                             cpu.ApplyRow(row, result, parameters);
-                            calls[i].Write(result);
+                            Write(calls[i], result, ref written[i]);
                         }
                     }
                 }
@@ -127,7 +163,7 @@ internal sealed unsafe class RowProgram<T, TKernel> : KernelProgram<RowCall<T>, 
         T[] staged = ArrayPool<T>.Shared.Rent(count * inputWidth);
         try
         {
-            Pack(inputs.Span, staged);
+            Pack(inputs.Span, staged, outputs.Span);
             fixed (T* stagedPointer = staged)
             fixed (T* parameterPointer = _parameters)
             {
@@ -138,15 +174,21 @@ internal sealed unsafe class RowProgram<T, TKernel> : KernelProgram<RowCall<T>, 
                     try
                     {
                         ReadOnlySpan<RowCall<T>> calls = inputs.Span;
+                        Span<RowWritten> written = outputs.Span;
                         for (int row = start; row < end; row++)
                         {
+                            if (written[row].Error is not null)
+                            {
+                                continue;
+                            }
+
                             Span<T> result = scratch.AsSpan(0, outputWidth);
                             for (int column = 0; column < result.Length; column++)
                             {
                                 result[column] = kernel.Apply(row, column, batch);
                             }
 
-                            calls[row].Write(result);
+                            Write(calls[row], result, ref written[row]);
                         }
                     }
                     finally

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Threading.Tasks.Sources;
+using Batching.Internal;
 
 namespace Batching.Ilgpu.Internal;
 
@@ -127,7 +128,7 @@ internal sealed class StreamDevice<TIn, TOut, TDevIn, TDevOut> : IExecutionDevic
         int inputLength = count * _program.InputWidth;
         try
         {
-            _program.Pack(inputs.Span, slot.Stream.StagingIn[..inputLength]);
+            _program.Pack(inputs.Span, slot.Stream.StagingIn[..inputLength], outputs.Span);
         }
         catch
         {
@@ -180,12 +181,14 @@ internal sealed class StreamDevice<TIn, TOut, TDevIn, TDevOut> : IExecutionDevic
         // One launch of one default item, so the first caller pays neither the driver's JIT nor first-launch set-up.
         Slot slot = TakeSlot();
         slot.Stream.StagingIn[.._program.InputWidth].Clear();
+        slot.CompleteInline = true;
         Task done = Launch(slot, ReadOnlyMemory<TIn>.Empty, Memory<TOut>.Empty, 1, _program.InputWidth, 0).AsTask();
         if (!done.Wait(_launchTimeout))
         {
             throw new TimeoutException($"The warm-up launch on {Name} did not complete within GpuOptions.LaunchTimeout ({_launchTimeout}).");
         }
 
+        slot.CompleteInline = false;
         done.GetAwaiter().GetResult();
     }
 
@@ -262,7 +265,7 @@ internal sealed class StreamDevice<TIn, TOut, TDevIn, TDevOut> : IExecutionDevic
 
     private void CheckHung()
     {
-        Slot[] expired;
+        (Slot Slot, long LaunchedAt)[] expired;
         lock (_gate)
         {
             if (_launched.Count == 0 || Stopwatch.GetElapsedTime(_launched.Peek().LaunchedAt) < _launchTimeout)
@@ -271,12 +274,13 @@ internal sealed class StreamDevice<TIn, TOut, TDevIn, TDevOut> : IExecutionDevic
             }
 
             // The oldest launch is overdue, and the completion thread is blocked on it: everything behind it waits too.
-            expired = [.. _launched];
+            // Each with its launch stamp, so a slot that completed and was launched again meanwhile is left alone.
+            expired = [.. _launched.Select(s => (s, s.LaunchedAt))];
         }
 
-        foreach (Slot slot in expired)
+        foreach ((Slot slot, long launchedAt) in expired)
         {
-            if (slot.TryTimeOut())
+            if (slot.TryTimeOut(launchedAt))
             {
                 slot.Finish(new TimeoutException(
                     $"A batch on {Name} did not complete within GpuOptions.LaunchTimeout ({_launchTimeout}); the device is treated as hung."));
@@ -288,6 +292,9 @@ internal sealed class StreamDevice<TIn, TOut, TDevIn, TDevOut> : IExecutionDevic
     {
         lock (_gate)
         {
+            // Once released, no slot's staging may be written: refuse before packing, not after.
+            ObjectDisposedException.ThrowIf(_state != DeviceState.Running, this);
+
             // The router admits at most MaxInFlight batches, so a slot is always free here.
             Debug.Assert(_free.Count > 0, "The router admitted more batches than this device has slots.");
             return _free.Count > 0 ? _free.Pop() : throw new InvalidOperationException($"{Name} has no free slot.");
@@ -335,17 +342,25 @@ internal sealed class StreamDevice<TIn, TOut, TDevIn, TDevOut> : IExecutionDevic
 
     public void Release(bool faulted)
     {
+        Slot[] idle;
+        bool launched;
         lock (_gate)
         {
             if (_state == DeviceState.Released)
             {
                 return;
             }
+
+            // Only the slots in the free list are freed: one a batch still holds (between taking it and launching) is
+            // left to the finalizers rather than freed under it.
+            launched = _launched.Count > 0;
+            idle = [.. _free];
         }
 
-        if (!Stop())
+        if (launched || !Stop())
         {
-            // The completion thread still waits on a stream: freeing its memory now could crash the process.
+            // A launch is still running (hung): freeing its memory could crash the process, and waiting for the
+            // completion thread would block the caller (a DisposeAsync) for as long as the launch hangs.
             Abandon();
             throw new TimeoutException($"{Name} still has a launch running; its resources are abandoned.");
         }
@@ -357,7 +372,7 @@ internal sealed class StreamDevice<TIn, TOut, TDevIn, TDevOut> : IExecutionDevic
         }
 
         List<Exception>? errors = null;
-        foreach (Slot slot in _slots)
+        foreach (Slot slot in idle)
         {
             Disposal.Run(slot.Stream.Dispose, ref errors);
         }
@@ -367,15 +382,17 @@ internal sealed class StreamDevice<TIn, TOut, TDevIn, TDevOut> : IExecutionDevic
     }
 
     /// <summary>One stream with its buffers, and the completion of the batch running on it.</summary>
-    /// <remarks>Phase: Idle → Armed (launched) → Claimed (the completion thread finishes it) → Idle again when the router
-    /// reads the result; or Armed → TimedOut (the watchdog finished it), after which the slot is never used again.</remarks>
-    private sealed class Slot(StreamDevice<TIn, TOut, TDevIn, TDevOut> owner, IDeviceStream<TDevIn, TDevOut> stream) : IValueTaskSource
+    /// <remarks>Phase: Idle → Armed (launched) → Claimed (the completion thread finishes it) → Idle again once the router
+    /// has consumed the result; or Armed → TimedOut (the watchdog finished it), after which the slot is never used again.
+    /// The completion is a consume-once source: completing and consuming are each one atomic step, so the slot cannot be
+    /// re-armed for the next batch while the completing thread is still publishing this one's result.</remarks>
+    private sealed class Slot(StreamDevice<TIn, TOut, TDevIn, TDevOut> owner, IDeviceStream<TDevIn, TDevOut> stream)
+        : ConsumeOnceValueTaskSource<bool>, IValueTaskSource
     {
         private const int Idle = 0;
         private const int Armed = 1;
         private const int Claimed = 2;
         private const int TimedOut = 3;
-        private ManualResetValueTaskSourceCore<bool> _core = new() { RunContinuationsAsynchronously = true };
         private int _phase;
 
         public IDeviceStream<TDevIn, TDevOut> Stream { get; } = stream;
@@ -393,9 +410,10 @@ internal sealed class StreamDevice<TIn, TOut, TDevIn, TDevOut> : IExecutionDevic
             Inputs = inputs;
             Outputs = outputs;
             OutputLength = outputLength;
-            _core.Reset();
+            LaunchedAt = 0; // a watchdog holding the previous launch's stamp must not match this one
+            Reset();
             Volatile.Write(ref _phase, Armed);
-            return _core.Version;
+            return Token;
         }
 
         public void Disarm()
@@ -407,40 +425,26 @@ internal sealed class StreamDevice<TIn, TOut, TDevIn, TDevOut> : IExecutionDevic
 
         public bool TryClaim() => Interlocked.CompareExchange(ref _phase, Claimed, Armed) == Armed;
 
-        public bool TryTimeOut() => Interlocked.CompareExchange(ref _phase, TimedOut, Armed) == Armed;
+        /// <summary>Times out this launch if it is still the one launched at <paramref name="launchedAt"/>.</summary>
+        public bool TryTimeOut(long launchedAt) => LaunchedAt == launchedAt && Interlocked.CompareExchange(ref _phase, TimedOut, Armed) == Armed;
 
-        public void Finish(Exception? error)
+        /// <summary>True only for the warm-up launch, whose waiter is start-up itself: completing it inline keeps start-up
+        /// from depending on a free pool thread.</summary>
+        public bool CompleteInline { get; set; }
+
+        // On the pool: the router and the engine must never run on the completion thread.
+        public void Finish(Exception? error) => Complete(true, error, inline: CompleteInline);
+
+        void IValueTaskSource.GetResult(short token) => GetResult(token);
+
+        protected override void OnConsumed()
         {
-            if (error is null)
+            // Back to the free list before the router counts the batch as done, so the next batch finds a slot.
+            if (Interlocked.CompareExchange(ref _phase, Idle, Claimed) == Claimed)
             {
-                _core.SetResult(true);
-            }
-            else
-            {
-                _core.SetException(error);
-            }
-        }
-
-        public ValueTaskSourceStatus GetStatus(short token) => _core.GetStatus(token);
-
-        public void OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags) =>
-            _core.OnCompleted(continuation, state, token, flags);
-
-        public void GetResult(short token)
-        {
-            try
-            {
-                _core.GetResult(token);
-            }
-            finally
-            {
-                // Back to the free list before the router counts the batch as done, so the next batch finds a slot.
-                if (Interlocked.CompareExchange(ref _phase, Idle, Claimed) == Claimed)
-                {
-                    Inputs = default;
-                    Outputs = default;
-                    owner.ReturnSlot(this);
-                }
+                Inputs = default;
+                Outputs = default;
+                owner.ReturnSlot(this);
             }
         }
     }
