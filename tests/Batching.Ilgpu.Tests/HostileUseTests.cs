@@ -113,7 +113,7 @@ public class HostileUseTests
 
     private static IGpuRowProcessor<float> Processor(FakeBackend backend, TimeSpan? launchTimeout = null, bool fallbackToCpu = true, int maxBatchSize = 8,
         TimeSpan? executionTimeout = null, int maxRetries = 2, int maxConcurrentBatches = 1, TimeSpan? shutdownTimeout = null,
-        Delegate? itemWeight = null, int maxBatchWeight = 0, bool rejectNonFinite = false, FakeBackend? second = null)
+        Delegate? itemWeight = null, int maxBatchWeight = 0, bool rejectNonFinite = false, FakeBackend? second = null, int slots = 2)
     {
         TimeSpan timeout = launchTimeout ?? TimeSpan.FromSeconds(30);
         return GpuBatchProcessor.CreateRowsCore(
@@ -134,11 +134,11 @@ public class HostileUseTests
             {
                 var gpus = new List<IExecutionDevice<RowCall<float>, RowWritten>>
                 {
-                    StreamDevice<RowCall<float>, RowWritten, float, float>.Create("fake-gpu", GpuDeviceKind.Cuda, backend, program, max, 2, timeout),
+                    StreamDevice<RowCall<float>, RowWritten, float, float>.Create("fake-gpu", GpuDeviceKind.Cuda, backend, program, max, slots, timeout),
                 };
                 if (second is not null)
                 {
-                    gpus.Add(StreamDevice<RowCall<float>, RowWritten, float, float>.Create("fake-gpu-2", GpuDeviceKind.Cuda, second, program, max, 2, timeout));
+                    gpus.Add(StreamDevice<RowCall<float>, RowWritten, float, float>.Create("fake-gpu-2", GpuDeviceKind.Cuda, second, program, max, slots, timeout));
                 }
 
                 return (gpus, fallbackToCpu ? new ManagedCpuDevice<RowCall<float>, RowWritten, float, float>(program, 2) : null);
@@ -691,5 +691,341 @@ public class HostileUseTests
         Assert.False(devices[1].IsHealthy);
         Assert.Contains("LaunchTimeout", devices[1].FaultReason);
         Assert.Contains(sentinel, x => x);
+    }
+
+    // ---------------------------------------------------------------------------------------------------------------
+    // 11. Added in this pass.
+    // ---------------------------------------------------------------------------------------------------------------
+
+    [Fact]
+    public async Task a_rejected_row_in_ProcessRowsAsync_queues_nothing_and_never_touches_outputs()
+    {
+        var backend = new FakeBackend();
+        await using IGpuRowProcessor<float> processor = Processor(backend, rejectNonFinite: true);
+        int launches = Volatile.Read(ref backend.Launches);
+        float[] inputs = [.. Enumerable.Range(0, 10).SelectMany(Row)];
+        inputs[^1] = float.NaN;
+        float[] outputs = new float[inputs.Length];
+        Array.Fill(outputs, 5f);
+        await Assert.ThrowsAnyAsync<ArgumentException>(() => processor.ProcessRowsAsync(inputs, outputs).AsTask().WaitAsync(Bound));
+        await Task.Delay(200);
+        Assert.Equal(launches, Volatile.Read(ref backend.Launches));
+        Assert.All(outputs, x => Assert.Equal(5f, x));
+    }
+
+    [Fact]
+    public async Task An_unwritable_output_with_FallbackToCpu_off_is_not_blamed_on_launch_limits()
+    {
+        var backend = new FakeBackend();
+        await using IGpuRowProcessor<float> processor = Processor(backend, fallbackToCpu: false);
+        var bad = new ThrowingMemory(Width);
+        Memory<float> badMemory = bad.Memory;
+        bad.Throw = true;
+        Exception error = await Assert.ThrowsAnyAsync<Exception>(() => processor.ProcessRowAsync(Row(1), badMemory).AsTask().WaitAsync(Bound));
+        Assert.True(!error.ToString().Contains("launch limits"), "the caller is told its batch exceeds the GPU's launch limits: " + error.Message);
+    }
+
+    [Fact]
+    public async Task ExecutionTimeout_on_single_rows_while_the_batch_runs_never_writes_afterwards()
+    {
+        var backend = new FakeBackend();
+        await using IGpuRowProcessor<float> processor = Processor(backend, Timeout.InfiniteTimeSpan, executionTimeout: TimeSpan.FromMilliseconds(100));
+        backend.Running.Reset();
+        float[][] outputs = [.. Enumerable.Range(0, 12).Select(_ => new float[Width])];
+        Task[] calls = [.. Enumerable.Range(0, 12).Select(i => processor.ProcessRowAsync(Row(i), outputs[i]).AsTask())];
+        foreach (Task call in calls)
+        {
+            await Assert.ThrowsAnyAsync<Exception>(() => call.WaitAsync(Bound));
+        }
+
+        foreach (float[] output in outputs)
+        {
+            Array.Fill(output, 8f);
+        }
+
+        backend.Running.Set();
+        await DeviceRouterTests.WaitUntil(() => processor.GetDevices()[0].InFlightBatches == 0);
+        await Task.Delay(200);
+        Assert.All(outputs, o => Assert.All(o, x => Assert.Equal(8f, x)));
+    }
+
+    /// <summary>Random faults on three fake GPUs, random cancels, an ExecutionTimeout, all four call shapes.</summary>
+    [Theory]
+    [InlineData(11, 1)]
+    [InlineData(12, 4)]
+    [InlineData(13, 8)]
+    [InlineData(14, 2)]
+    [InlineData(15, 3)]
+    [InlineData(16, 2, 3)]
+    [InlineData(17, 5, 3)]
+    [InlineData(18, 1, 3)]
+    public async Task stress2_all_call_shapes_random_faults_each_caller_completes_with_its_result_or_an_error(int seed, int maxBatchSize, int slots = 2)
+    {
+        var random = new Random(seed);
+        FakeBackend Faulty(int salt) => new()
+        {
+            FailSync = n => n > 0 && (int)(((uint)n * 2654435761u ^ (uint)(seed * 31 + salt)) % 61) == 0 ? new CudaException("CUDA_ERROR_LAUNCH_FAILED") : null,
+        };
+
+        var a = Faulty(1);
+        var b = Faulty(2);
+        await using IGpuRowProcessor<float> processor = Processor(a, TimeSpan.FromSeconds(5), maxBatchSize: maxBatchSize, second: b, slots: slots,
+            maxConcurrentBatches: 5, executionTimeout: TimeSpan.FromMilliseconds(seed % 2 == 0 ? 40 : 2000));
+        IBatchProcessor<ReadOnlyMemory<float>, float[]> plain = processor;
+        const int Callers = 600;
+        var tasks = new Task[Callers];
+        var settled = new List<(float[] Buffer, float Sentinel)>[Callers];
+        var problems = new System.Collections.Concurrent.ConcurrentQueue<string>();
+        int successes = 0, failures = 0;
+        for (int i = 0; i < Callers; i++)
+        {
+            int k = i;
+            int shape = random.Next(4);
+            int rows = random.Next(1, 2 * maxBatchSize + 2);
+            var cts = new CancellationTokenSource();
+            if (random.Next(3) == 0)
+            {
+                cts.CancelAfter(random.Next(0, 20));
+            }
+
+            settled[k] = [];
+            float[][] rowInputs = [.. Enumerable.Range(0, rows).Select(r => Row(k * 100 + r))];
+            tasks[k] = Task.Run(async () =>
+            {
+                float[] block = [.. rowInputs.SelectMany(r => r)];
+                float[] outBlock = new float[block.Length];
+                float[] one = new float[Width];
+                try
+                {
+                    switch (shape)
+                    {
+                        case 0:
+                            await processor.ProcessRowAsync(rowInputs[0], one, default, cts.Token);
+                            if (!one.SequenceEqual(Doubled(rowInputs[0])))
+                            {
+                                problems.Enqueue($"caller {k}: row result wrong [{string.Join(",", one)}]");
+                            }
+
+                            break;
+                        case 1:
+                            await processor.ProcessRowsAsync(block, outBlock, default, cts.Token);
+                            if (!outBlock.SequenceEqual(block.Select(x => x * 2)))
+                            {
+                                problems.Enqueue($"caller {k}: rows result wrong");
+                            }
+
+                            break;
+                        case 2:
+                            float[] r = await plain.ProcessAsync(rowInputs[0], cts.Token);
+                            if (!r.SequenceEqual(Doubled(rowInputs[0])))
+                            {
+                                problems.Enqueue($"caller {k}: array result wrong");
+                            }
+
+                            break;
+                        default:
+                            ReadOnlyMemory<float>[] ins = [.. rowInputs.Select(x => (ReadOnlyMemory<float>)x)];
+                            float[][] outs = new float[rows][];
+                            try
+                            {
+                                await plain.ProcessManyAsync(ins, outs, default, cts.Token);
+                            }
+                            catch (BatchExecutionException bex) when (bex.ItemFailures.Count > 0)
+                            {
+                                var failedRows = new HashSet<int>(bex.ItemFailures.SelectMany(f => Enumerable.Range(f.StartIndex, f.Count)));
+                                for (int j = 0; j < rows; j++)
+                                {
+                                    if (!failedRows.Contains(j) && (outs[j] is null || !outs[j].SequenceEqual(Doubled(rowInputs[j]))))
+                                    {
+                                        problems.Enqueue($"caller {k}: many, row {j} of a part that succeeded not handed out correctly");
+                                    }
+                                }
+
+                                throw;
+                            }
+
+                            for (int j = 0; j < rows; j++)
+                            {
+                                if (outs[j] is null || !outs[j].SequenceEqual(Doubled(rowInputs[j])))
+                                {
+                                    problems.Enqueue($"caller {k}: many result {j} wrong");
+                                }
+                            }
+
+                            break;
+                    }
+
+                    Interlocked.Increment(ref successes);
+                }
+                catch (Exception ex) when (ex is OperationCanceledException or TimeoutException or BatchExecutionException or ObjectDisposedException)
+                {
+                    Interlocked.Increment(ref failures);
+                    Array.Fill(one, -1f);
+                    Array.Fill(outBlock, -1f);
+                    lock (settled[k])
+                    {
+                        settled[k].Add((one, -1f));
+                        settled[k].Add((outBlock, -1f));
+                    }
+                }
+                catch (Exception ex)
+                {
+                    Interlocked.Increment(ref failures);
+                    problems.Enqueue($"caller {k} shape {shape}: unexpected {ex.GetType().Name}: {ex.Message}");
+                }
+            });
+            if (random.Next(6) == 0)
+            {
+                await Task.Delay(random.Next(0, 3));
+            }
+        }
+
+        Task all = Task.WhenAll(tasks);
+        await Task.WhenAny(all, Task.Delay(TimeSpan.FromSeconds(60)));
+        int pending = tasks.Count(t => !t.IsCompleted);
+        Assert.True(pending == 0, $"{pending} callers never completed");
+        Assert.Equal(Callers, successes + failures);
+        await Task.Delay(500);
+        for (int i = 0; i < Callers; i++)
+        {
+            foreach ((float[] buffer, float sentinel) in settled[i])
+            {
+                if (buffer.Any(x => x != sentinel))
+                {
+                    problems.Enqueue($"caller {i}: buffer written after its call failed");
+                }
+            }
+        }
+
+        Assert.True(problems.IsEmpty, $"{problems.Count} problem(s), successes {successes}, failures {failures}:\n" + string.Join("\n", problems.Take(15)));
+        Assert.True(processor.GetDevices().Count(d => !d.IsHealthy) > 0, "no stream fault was exercised");
+        Assert.True(failures > 0 && successes > 0, $"successes {successes}, failures {failures}");
+    }
+
+    [Fact]
+    public async Task One_pending_GetResult_misuse_does_not_fail_the_next_innocent_call_on_that_thread()
+    {
+        var backend = new FakeBackend();
+        await using IGpuRowProcessor<float> processor = Processor(backend);
+        backend.Running.Reset();
+        ValueTask misused = processor.ProcessRowAsync(Row(1), new float[Width]);
+        Assert.Throws<InvalidOperationException>(() => misused.GetAwaiter().GetResult());
+        var failed = new List<string>();
+        for (int i = 0; i < 40; i++)
+        {
+            float[] output = new float[Width];
+            ValueTask call = processor.ProcessRowAsync(Row(i), output);
+            if (i == 0)
+            {
+                backend.Running.Set();
+            }
+
+            try
+            {
+                await call.AsTask().WaitAsync(Bound);
+                if (!output.SequenceEqual(Doubled(Row(i))))
+                {
+                    failed.Add($"call {i}: completed with [{string.Join(", ", output)}]");
+                }
+            }
+            catch (Exception ex)
+            {
+                failed.Add($"call {i}: {ex.GetType().Name}");
+            }
+        }
+
+        Assert.True(failed.Count == 0, $"{failed.Count} of 40 innocent calls after one misuse were hurt: " + string.Join("; ", failed));
+    }
+
+    [Theory]
+    [InlineData(21)]
+    [InlineData(22)]
+    [InlineData(23)]
+    public async Task DisposeAsync_in_the_middle_of_traffic_completes_every_caller_and_never_writes_afterwards(int seed)
+    {
+        var random = new Random(seed);
+        var backend = new FakeBackend { FailSync = n => { if (n % 7 == 3) { Thread.Sleep(20); } return null; } };
+        IGpuRowProcessor<float> processor = Processor(backend, TimeSpan.FromSeconds(5), maxBatchSize: 3, maxConcurrentBatches: 4,
+            shutdownTimeout: TimeSpan.FromMilliseconds(random.Next(0, 60)));
+        const int Callers = 300;
+        var tasks = new Task[Callers];
+        var problems = new System.Collections.Concurrent.ConcurrentQueue<string>();
+        var sentinels = new System.Collections.Concurrent.ConcurrentBag<float[]>();
+        Task? dispose = null;
+        for (int i = 0; i < Callers; i++)
+        {
+            int k = i;
+            tasks[k] = Task.Run(async () =>
+            {
+                int rows = 1 + (k % 5);
+                float[] inputs = [.. Enumerable.Range(0, rows).SelectMany(r => Row(k * 10 + r))];
+                float[] outputs = new float[inputs.Length];
+                try
+                {
+                    if (rows == 1)
+                    {
+                        await processor.ProcessRowAsync(inputs, outputs);
+                    }
+                    else
+                    {
+                        await processor.ProcessRowsAsync(inputs, outputs);
+                    }
+
+                    if (!outputs.SequenceEqual(inputs.Select(x => x * 2)))
+                    {
+                        problems.Enqueue($"caller {k}: wrong result");
+                    }
+                }
+                catch (Exception ex) when (ex is ObjectDisposedException or BatchExecutionException or OperationCanceledException)
+                {
+                    Array.Fill(outputs, -3f);
+                    sentinels.Add(outputs);
+                }
+                catch (Exception ex)
+                {
+                    problems.Enqueue($"caller {k}: unexpected {ex.GetType().Name}: {ex.Message}");
+                }
+            });
+            if (i == Callers / 2)
+            {
+                dispose = processor.DisposeAsync().AsTask();
+            }
+        }
+
+        await Task.WhenAll(tasks).WaitAsync(TimeSpan.FromSeconds(30));
+        await dispose!.WaitAsync(TimeSpan.FromSeconds(30));
+        await Task.Delay(300);
+        foreach (float[] s in sentinels)
+        {
+            if (s.Any(x => x != -3f))
+            {
+                problems.Enqueue("a buffer was written after its call failed");
+            }
+        }
+
+        Assert.True(problems.IsEmpty, string.Join("\n", problems.Take(15)));
+    }
+
+    [Fact]
+    public async Task A_launch_that_overran_LaunchTimeout_but_finished_is_released_at_DisposeAsync()
+    {
+        var backend = new FakeBackend { FailSync = n => { if (n == 1) { Thread.Sleep(700); } return null; } };
+        IGpuRowProcessor<float> processor = Processor(backend, TimeSpan.FromMilliseconds(200));
+        float[] output = new float[Width];
+        await processor.ProcessRowAsync(Row(1), output).AsTask().WaitAsync(Bound); // watchdog fails it; rerun on the CPU
+        Assert.Equal(Doubled(Row(1)), output);
+        Assert.Contains("LaunchTimeout", processor.GetDevices()[0].FaultReason);
+        await Task.Delay(1000); // the slow launch has finished: the device is idle, nothing uses its memory
+        await processor.DisposeAsync().AsTask().WaitAsync(Bound);
+        await Task.Delay(300);
+
+        object inner = processor.GetType().GetField("_inner", System.Reflection.BindingFlags.NonPublic | System.Reflection.BindingFlags.Instance)!.GetValue(processor)!;
+        object router = inner.GetType().GetField("_router", System.Reflection.BindingFlags.NonPublic | System.Reflection.BindingFlags.Instance)!.GetValue(inner)!;
+        var gpus = (Array)router.GetType().GetField("_gpus", System.Reflection.BindingFlags.NonPublic | System.Reflection.BindingFlags.Instance)!.GetValue(router)!;
+        object device = gpus.GetValue(0)!.GetType().GetProperty("Device")!.GetValue(gpus.GetValue(0))!;
+        var completer = (Thread)device.GetType().GetField("_completer", System.Reflection.BindingFlags.NonPublic | System.Reflection.BindingFlags.Instance)!.GetValue(device)!;
+        int streamsDisposed = backend.Streams.Sum(s => Volatile.Read(ref s.Disposed));
+        Assert.True(!completer.IsAlive && streamsDisposed == backend.Streams.Count,
+            $"after DisposeAsync: completion thread alive={completer.IsAlive}, streams disposed {streamsDisposed}/{backend.Streams.Count}, backend disposed {backend.Disposed}");
     }
 }

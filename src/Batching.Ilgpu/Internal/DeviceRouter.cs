@@ -158,7 +158,9 @@ internal sealed class DeviceRouter<TIn, TOut> : IGpuDiagnostics
             bool release;
             lock (_gate)
             {
-                release = !entry.Released && !entry.Hung;
+                // A hung device too: if its launch has finished meanwhile it is freed; if not, it refuses and keeps
+                // everything (StreamDevice.Release), so this can never free memory a launch still uses.
+                release = !entry.Released;
                 entry.Released |= release;
             }
 

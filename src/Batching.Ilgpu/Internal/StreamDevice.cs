@@ -354,7 +354,9 @@ internal sealed class StreamDevice<TIn, TOut, TDevIn, TDevOut> : IExecutionDevic
             // Only the slots in the free list are freed: one a batch still holds (between taking it and launching) is
             // left to the finalizers rather than freed under it.
             launched = _launched.Count > 0;
-            idle = [.. _free];
+
+            // A slot the watchdog timed out whose launch has since finished (it left the launched queue) is idle too.
+            idle = [.. _slots.Where(slot => _free.Contains(slot) || (slot.IsTimedOut && !_launched.Contains(slot)))];
         }
 
         if (launched || !Stop())
@@ -424,6 +426,8 @@ internal sealed class StreamDevice<TIn, TOut, TDevIn, TDevOut> : IExecutionDevic
         }
 
         public bool TryClaim() => Interlocked.CompareExchange(ref _phase, Claimed, Armed) == Armed;
+
+        public bool IsTimedOut => Volatile.Read(ref _phase) == TimedOut;
 
         /// <summary>Times out this launch if it is still the one launched at <paramref name="launchedAt"/>.</summary>
         public bool TryTimeOut(long launchedAt) => LaunchedAt == launchedAt && Interlocked.CompareExchange(ref _phase, TimedOut, Armed) == Armed;
