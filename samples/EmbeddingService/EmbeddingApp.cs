@@ -1,9 +1,6 @@
-using System.Globalization;
-using System.Text.Json;
 using Batching.Samples.EmbeddingService.Model;
 using Microsoft.AspNetCore.Diagnostics.HealthChecks;
 using Microsoft.Extensions.AI;
-using Microsoft.Extensions.Diagnostics.HealthChecks;
 using OpenTelemetry.Metrics;
 using OpenTelemetry.Resources;
 
@@ -28,7 +25,7 @@ public static class EmbeddingApp
     public static WebApplication Build(string[] args, Action<WebApplicationBuilder>? configure = null)
     {
         WebApplicationBuilder builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = args, ContentRootPath = AppContext.BaseDirectory });
-        builder.WebHost.UseUrls(LoopbackUrl(builder.Configuration));
+        builder.WebHost.UseUrls(ServiceAddress.Listen(builder.Configuration, DefaultPort));
 
         var modelOptions = new ModelOptions();
         builder.Configuration.GetSection("Model").Bind(modelOptions);
@@ -107,26 +104,5 @@ public static class EmbeddingApp
             // Never below one longest input, so every valid input fits a batch.
             options.MaxBatchWeight = Math.Max(budget, MiniLmModel.MaxTokens);
         }
-    }
-
-    /// <summary>The one address to listen on: <c>--port N</c>, else <c>--urls</c> / ASPNETCORE_URLS, else <see cref="DefaultPort"/>; always 127.0.0.1.</summary>
-    internal static string LoopbackUrl(IConfiguration configuration)
-    {
-        if (configuration["port"] is { } port)
-        {
-            return int.TryParse(port, NumberStyles.None, CultureInfo.InvariantCulture, out int number) && number <= 65535
-                ? $"http://127.0.0.1:{number}"
-                : throw new ArgumentException($"--port must be a number from 0 to 65535; it was '{port}'.");
-        }
-
-        string? urls = configuration["urls"];
-        if (string.IsNullOrWhiteSpace(urls))
-        {
-            return $"http://127.0.0.1:{DefaultPort}";
-        }
-
-        return Uri.TryCreate(urls.Trim(), UriKind.Absolute, out Uri? uri) && uri.Scheme == Uri.UriSchemeHttp && uri.Host is "127.0.0.1" or "localhost"
-            ? $"http://127.0.0.1:{uri.Port}"
-            : throw new ArgumentException($"This sample listens on one http://127.0.0.1:PORT address only; ASPNETCORE_URLS/--urls was '{urls}'. Use --port N.");
     }
 }

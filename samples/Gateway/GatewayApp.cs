@@ -1,4 +1,3 @@
-using System.Globalization;
 using Microsoft.AspNetCore.Diagnostics.HealthChecks;
 using Microsoft.Extensions.Diagnostics.HealthChecks;
 using OpenTelemetry.Metrics;
@@ -23,9 +22,7 @@ public static class GatewayApp
     public static WebApplication Build(string[] args)
     {
         WebApplicationBuilder builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = args, ContentRootPath = AppContext.BaseDirectory });
-        string url = LoopbackUrl(builder.Configuration["port"]);
-        // --Server:AllInterfaces true: the same port on every interface, for a container behind a Service; never the default.
-        builder.WebHost.UseUrls(builder.Configuration.GetValue("Server:AllInterfaces", false) ? url.Replace("127.0.0.1", "0.0.0.0", StringComparison.Ordinal) : url);
+        builder.WebHost.UseUrls(ServiceAddress.Listen(builder.Configuration, 5090));
         GatewayOptions options = GatewayOptions.Read(builder.Configuration.GetSection("Gateway"));
 
         builder.Services.AddSingleton(options);
@@ -84,17 +81,7 @@ public static class GatewayApp
     }
 
     /// <summary><c>--port N</c>, else 5090; always on 127.0.0.1, like the other samples.</summary>
-    internal static string LoopbackUrl(string? port)
-    {
-        if (port is null)
-        {
-            return "http://127.0.0.1:5090";
-        }
-
-        return int.TryParse(port, NumberStyles.None, CultureInfo.InvariantCulture, out int number) && number <= 65535
-            ? $"http://127.0.0.1:{number}"
-            : throw new ArgumentException($"--port must be a number from 0 to 65535; it was '{port}'.");
-    }
+    internal static string LoopbackUrl(string? port) => ServiceAddress.Loopback(port, null, 5090);
 
     // Everything under /v1 goes to the instances (inference, completions); /healthz and /metrics are the gateway's own.
     private static RouteConfig Route() => new()

@@ -1,10 +1,6 @@
-using System.Globalization;
-using System.Text;
-using System.Text.Json;
 using Batching.Ilgpu;
 using Batching.Samples.WebApi.Completions;
 using Microsoft.AspNetCore.Diagnostics.HealthChecks;
-using Microsoft.Extensions.Diagnostics.HealthChecks;
 using OpenTelemetry.Metrics;
 using OpenTelemetry.Resources;
 
@@ -140,41 +136,8 @@ public static class InferenceApp
         _ => throw new ArgumentException($"Batching:Policy must be adaptive, deadline or size; it was '{name}'."),
     };
 
-    /// <summary>The one address to listen on: <c>--port N</c>, else <c>--urls</c> / ASPNETCORE_URLS, else port 5080; always 127.0.0.1.</summary>
-    /// <summary>The loopback address, or the same port on every interface with <c>--Server:AllInterfaces true</c> (for a
-    /// container behind a Kubernetes Service; never the default, so running the sample exposes nothing).</summary>
-    internal static string ListenUrl(IConfiguration configuration)
-    {
-        string loopback = LoopbackUrl(configuration);
-        return configuration.GetValue("Server:AllInterfaces", false) ? loopback.Replace("127.0.0.1", "0.0.0.0", StringComparison.Ordinal) : loopback;
-    }
+    /// <summary>Where the service listens: 127.0.0.1 (port 5080 by default), or every interface when asked.</summary>
+    internal static string ListenUrl(IConfiguration configuration) => ServiceAddress.Listen(configuration, 5080);
 
-    internal static string LoopbackUrl(IConfiguration configuration)
-    {
-        if (configuration["port"] is { } port)
-        {
-            if (!int.TryParse(port, NumberStyles.None, CultureInfo.InvariantCulture, out int number) || number > 65535)
-            {
-                throw new ArgumentException($"--port must be a number from 0 to 65535; it was '{port}'.");
-            }
-
-            return $"http://127.0.0.1:{number}";
-        }
-
-        string? urls = configuration["urls"];
-        if (string.IsNullOrWhiteSpace(urls))
-        {
-            return "http://127.0.0.1:5080";
-        }
-
-        string[] list = urls.Split(';', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries);
-        if (list.Length != 1 || !Uri.TryCreate(list[0], UriKind.Absolute, out Uri? uri) || uri.Scheme != Uri.UriSchemeHttp
-            || uri.Host is not ("127.0.0.1" or "localhost"))
-        {
-            throw new ArgumentException(
-                $"This sample listens on one http://127.0.0.1:PORT address only; ASPNETCORE_URLS/--urls was '{urls}'. Use --port N, or http://127.0.0.1:N.");
-        }
-
-        return $"http://127.0.0.1:{uri.Port}";
-    }
+    internal static string LoopbackUrl(IConfiguration configuration) => ServiceAddress.Loopback(configuration["port"], configuration["urls"], 5080);
 }
