@@ -104,8 +104,7 @@ internal sealed class GpuRowProcessor<T> : IGpuRowProcessor<T>, IBatchingHealthC
     {
         // One guard for the whole call: its rows complete together, and every batch that carries some of them writes
         // inside it.
-        RowGuard guard = CallCache<RowGuard>.Rent();
-        int version = guard.Version;
+        RowGuard guard = RowGuard.Rent(out int version);
         RowCall<T>[] calls = ArrayPool<RowCall<T>>.Shared.Rent(rows);
         for (int i = 0; i < rows; i++)
         {
@@ -119,8 +118,7 @@ internal sealed class GpuRowProcessor<T> : IGpuRowProcessor<T>, IBatchingHealthC
     {
         int rows = inputs.Length;
         var results = new T[rows][];
-        RowGuard guard = CallCache<RowGuard>.Rent();
-        int version = guard.Version;
+        RowGuard guard = RowGuard.Rent(out int version);
         RowCall<T>[] calls = ArrayPool<RowCall<T>>.Shared.Rent(rows);
         for (int i = 0; i < rows; i++)
         {
@@ -168,8 +166,7 @@ internal sealed class GpuRowProcessor<T> : IGpuRowProcessor<T>, IBatchingHealthC
         }
         finally
         {
-            guard.Close(version);
-            CallCache<RowGuard>.Return(guard);
+            guard.Release(version);
             ArrayPool<RowCall<T>>.Shared.Return(calls, clearArray: true);
             ArrayPool<RowWritten>.Shared.Return(written, clearArray: true);
         }

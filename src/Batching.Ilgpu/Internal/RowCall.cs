@@ -77,6 +77,21 @@ internal sealed class RowGuard
 
     public int Version => (int)(Volatile.Read(ref _word) >> 32);
 
+    /// <summary>A guard for a new call, from the cache, and the version that call holds.</summary>
+    public static RowGuard Rent(out int version)
+    {
+        RowGuard guard = CallCache<RowGuard>.Rent();
+        version = guard.Version;
+        return guard;
+    }
+
+    /// <summary>Closes the call's guard (see <see cref="Close"/>) and gives it back for the next call.</summary>
+    public void Release(int version)
+    {
+        Close(version);
+        CallCache<RowGuard>.Return(this);
+    }
+
     public bool TryEnter(int version)
     {
         while (true)

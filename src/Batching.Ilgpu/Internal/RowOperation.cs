@@ -42,8 +42,7 @@ internal sealed class RowOperation<T> : ConsumeOnceValueTaskSource<T[]?>, IValue
     private static (RowOperation<T>? Operation, short Token, Exception? Error) Begin(GpuProcessor<RowCall<T>, RowWritten> engine, ReadOnlyMemory<T> input,
         Memory<T> output, T[]? array, RequestOptions options, CancellationToken cancellationToken)
     {
-        RowGuard guard = CallCache<RowGuard>.Rent();
-        int version = guard.Version;
+        RowGuard guard = RowGuard.Rent(out int version);
         ValueTask<RowWritten> call;
         try
         {
@@ -51,7 +50,7 @@ internal sealed class RowOperation<T> : ConsumeOnceValueTaskSource<T[]?>, IValue
         }
         catch (Exception ex)
         {
-            Close(guard, version);
+            guard.Release(version);
             return (null, 0, ex);
         }
 
@@ -59,7 +58,7 @@ internal sealed class RowOperation<T> : ConsumeOnceValueTaskSource<T[]?>, IValue
         {
             // Refused, or served inline: no operation needed.
             Exception? error = Outcome(call.ConfigureAwait(false).GetAwaiter());
-            Close(guard, version);
+            guard.Release(version);
             return (null, 0, error);
         }
 
@@ -86,7 +85,7 @@ internal sealed class RowOperation<T> : ConsumeOnceValueTaskSource<T[]?>, IValue
         _guard = null;
 
         // Closed before the caller resumes: from here on no batch can touch its buffers.
-        Close(guard, _version);
+        guard.Release(_version);
 
         T[]? array = _array;
         _array = null;
@@ -105,11 +104,5 @@ internal sealed class RowOperation<T> : ConsumeOnceValueTaskSource<T[]?>, IValue
         {
             return ex;
         }
-    }
-
-    private static void Close(RowGuard guard, int version)
-    {
-        guard.Close(version);
-        CallCache<RowGuard>.Return(guard);
     }
 }

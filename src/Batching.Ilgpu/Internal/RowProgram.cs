@@ -204,20 +204,10 @@ internal sealed unsafe class RowProgram<T, TKernel> : KernelProgram<RowCall<T>, 
         }
     }
 
-    public override string? Check(RowCall<T> call)
-    {
-        if (call.Input.Length != InputWidth)
-        {
-            return $"The row has {call.Input.Length} values; the processor's InputWidth is {InputWidth}.";
-        }
-
-        if (call.Output.Length != OutputWidth)
-        {
-            return $"The output buffer has {call.Output.Length} values; the processor's OutputWidth is {OutputWidth}.";
-        }
-
-        return _rejectNonFinite && !Finite.All(call.Input.Span)
+    // Widths are checked once, by GpuRowProcessor, before a RowCall exists (naming the caller's own parameter); only the
+    // optional NaN check is left for the engine's entry.
+    public override string? Check(RowCall<T> call) =>
+        _rejectNonFinite && !Finite.All(call.Input.Span)
             ? $"The row holds a NaN or infinite value, which {typeof(TKernel).Name} does not accept (GpuOptions.RejectNonFiniteInputs)."
             : null;
-    }
 }

@@ -309,8 +309,8 @@ internal sealed class StreamDevice<TIn, TOut, TDevIn, TDevOut> : IExecutionDevic
         }
     }
 
-    /// <summary>Stops the completion thread once it is idle; false when it is still blocked on the device.</summary>
-    private bool Stop()
+    /// <summary>Stops taking batches and lets the completion thread leave once nothing is launched.</summary>
+    private void Shut()
     {
         lock (_gate)
         {
@@ -319,19 +319,24 @@ internal sealed class StreamDevice<TIn, TOut, TDevIn, TDevOut> : IExecutionDevic
         }
 
         _watchdog?.Dispose();
+    }
+
+    /// <summary>Shuts the device; false when the completion thread is still blocked on it after a while.</summary>
+    private bool Stop()
+    {
+        Shut();
         return !_completer.IsAlive || _completer.Join(TimeSpan.FromSeconds(5));
     }
 
     /// <summary>For a device whose memory may still be in use: nothing is freed, and no finalizer runs later.</summary>
     private void Abandon()
     {
-        lock (_gate)
-        {
-            _state = DeviceState.Released;
-            Monitor.PulseAll(_gate);
-        }
+        Shut();
+        SuppressFinalizers();
+    }
 
-        _watchdog?.Dispose();
+    private void SuppressFinalizers()
+    {
         foreach (Slot slot in _slots)
         {
             slot.Stream.SuppressFinalizers();
@@ -370,7 +375,7 @@ internal sealed class StreamDevice<TIn, TOut, TDevIn, TDevOut> : IExecutionDevic
         if (faulted)
         {
             // A faulted CUDA context can make Dispose throw; a finalizer that throws later would end the process.
-            Abandon();
+            SuppressFinalizers();
         }
 
         List<Exception>? errors = null;
