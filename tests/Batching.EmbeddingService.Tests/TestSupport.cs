@@ -62,31 +62,11 @@ internal sealed class RunningServer : IAsyncDisposable
     public Task<HttpResponseMessage> EmbedAsync(object input, CancellationToken cancellationToken = default) =>
         PostAsync(JsonSerializer.Serialize(new { input, model = MiniLmModel.ModelId }), cancellationToken);
 
-    public async Task<string> MetricsAsync()
-    {
-        using HttpResponseMessage response = await Client.GetAsync("/metrics");
-        Assert.Equal(System.Net.HttpStatusCode.OK, response.StatusCode);
-        return await response.Content.ReadAsStringAsync();
-    }
+    public Task<string> MetricsAsync() => Prometheus.ScrapeAsync(Client);
 
     /// <summary>Polls /metrics until <paramref name="metric"/> of the processor (and <paramref name="label"/>) reads <paramref name="expected"/>.</summary>
-    public async Task WaitForMetricAsync(string metric, double expected, string? label = null)
-    {
-        using var timeout = new CancellationTokenSource(Patience);
-        double? last = null;
-        while (!timeout.IsCancellationRequested)
-        {
-            last = Read(await MetricsAsync(), metric, label);
-            if (last == expected)
-            {
-                return;
-            }
-
-            await Task.Delay(10);
-        }
-
-        Assert.Fail($"{metric} {label} stayed at {last?.ToString(CultureInfo.InvariantCulture) ?? "(absent)"}; expected {expected}.");
-    }
+    public Task WaitForMetricAsync(string metric, double expected, string? label = null) =>
+        Prometheus.WaitForAsync(Client, metric, ProcessorName, expected, label, Patience);
 
     public async ValueTask DisposeAsync()
     {
@@ -94,21 +74,6 @@ internal sealed class RunningServer : IAsyncDisposable
         Client.Dispose();
         await _app.StopAsync().WaitAsync(Patience);
         await _app.DisposeAsync();
-    }
-
-    private static double? Read(string exposition, string metric, string? label)
-    {
-        foreach (string line in exposition.Split('\n'))
-        {
-            if (line.StartsWith(metric + "{", StringComparison.Ordinal)
-                && line.Contains($"batching_processor=\"{ProcessorName}\"", StringComparison.Ordinal)
-                && (label is null || line.Contains(label, StringComparison.Ordinal)))
-            {
-                return double.Parse(line[(line.LastIndexOf(' ') + 1)..], CultureInfo.InvariantCulture);
-            }
-        }
-
-        return null;
     }
 }
 

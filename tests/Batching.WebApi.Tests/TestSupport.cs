@@ -62,57 +62,18 @@ internal sealed class RunningServer : IAsyncDisposable
     public Task<HttpResponseMessage> PostAsync(object body, string path = "/v1/infer") =>
         Client.PostAsync(path, Json(JsonSerializer.Serialize(body)));
 
-    public async Task<string> MetricsAsync()
-    {
-        using HttpResponseMessage response = await Client.GetAsync("/metrics");
-        Assert.Equal(System.Net.HttpStatusCode.OK, response.StatusCode);
-        return await response.Content.ReadAsStringAsync();
-    }
+    public Task<string> MetricsAsync() => Prometheus.ScrapeAsync(Client);
 
     /// <summary>Polls /metrics until the sample named <paramref name="metric"/> for <paramref name="processor"/>
     /// (and <paramref name="label"/>, if given) reads <paramref name="expected"/>.</summary>
-    public async Task WaitForMetricAsync(string metric, string processor, double expected, string? label = null)
-    {
-        using var timeout = new CancellationTokenSource(Patience);
-        double? last = null;
-        while (!timeout.IsCancellationRequested)
-        {
-            last = Prometheus.Read(await MetricsAsync(), metric, processor, label);
-            if (last == expected)
-            {
-                return;
-            }
-
-            await Task.Delay(10);
-        }
-
-        Assert.Fail($"{metric} for '{processor}' {label} stayed at {last?.ToString(CultureInfo.InvariantCulture) ?? "(absent)"}; expected {expected}.");
-    }
+    public Task WaitForMetricAsync(string metric, string processor, double expected, string? label = null) =>
+        Prometheus.WaitForAsync(Client, metric, processor, expected, label, Patience);
 
     public async ValueTask DisposeAsync()
     {
         Client.Dispose();
         await _app.StopAsync().WaitAsync(Patience);
         await _app.DisposeAsync();
-    }
-}
-
-internal static class Prometheus
-{
-    /// <summary>The value of the first sample of <paramref name="metric"/> whose labels carry the processor (and <paramref name="label"/>).</summary>
-    public static double? Read(string exposition, string metric, string processor, string? label = null)
-    {
-        foreach (string line in exposition.Split('\n'))
-        {
-            if (line.StartsWith(metric + "{", StringComparison.Ordinal)
-                && line.Contains($"batching_processor=\"{processor}\"", StringComparison.Ordinal)
-                && (label is null || line.Contains(label, StringComparison.Ordinal)))
-            {
-                return double.Parse(line[(line.LastIndexOf(' ') + 1)..], CultureInfo.InvariantCulture);
-            }
-        }
-
-        return null;
     }
 }
 
